@@ -1,0 +1,1 @@
+"""Streaming inference engine: micro-batching, the Triton client, settings and the CLI."""

@@ -1,0 +1,90 @@
+"""Micro-batching of valid events per model, by size and by deadline.
+
+A model's batch opens with its first event and is flushed when it holds
+``max_size`` events or ``max_delay`` seconds after it opened, whichever comes
+first. Events keep their arrival order inside and across a model's batches,
+and flushed batches are handed to ``emit`` in the order they were closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from engine.clock import Cancellable, Clock
+from engine.records import Batch, Event
+
+
+class _Open:
+    __slots__ = ("events", "opened_at", "timer")
+
+    def __init__(self, opened_at: float) -> None:
+        self.events: list[Event] = []
+        self.opened_at = opened_at
+        self.timer: Cancellable | None = None
+
+
+class MicroBatcher:
+    """Collects events into per-model batches; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_size: int,
+        max_delay: float,
+        clock: Clock,
+        emit: Callable[[Batch], None],
+        model_max_sizes: Mapping[str, int] | None = None,
+    ) -> None:
+        if max_size <= 0:
+            raise ValueError("max_size must be positive")
+        self._max_size = max_size
+        self._max_delay = max_delay
+        self._clock = clock
+        self._emit = emit
+        self._model_max = dict(model_max_sizes or {})
+        self._open: dict[str, _Open] = {}
+
+    def limit_for(self, model: str) -> int:
+        """The batch size limit for ``model``: ours, capped by the model's own."""
+        cap = self._model_max.get(model, 0)
+        return min(self._max_size, cap) if cap > 0 else self._max_size
+
+    @property
+    def pending(self) -> int:
+        """Events held in open batches."""
+        return sum(len(o.events) for o in self._open.values())
+
+    def add(self, event: Event) -> None:
+        """Add one event; flushes its model's batch if that fills it."""
+        batch = self._open.get(event.model)
+        if batch is None:
+            batch = self._open[event.model] = _Open(self._clock.now())
+            if self._max_delay > 0:
+                model = event.model
+                batch.timer = self._clock.call_later(self._max_delay, lambda: self._expire(model, batch))
+        batch.events.append(event)
+        if len(batch.events) >= self.limit_for(event.model) or self._max_delay <= 0:
+            self.flush(event.model)
+
+    def add_all(self, events: Iterable[Event]) -> None:
+        """Add events in order."""
+        for event in events:
+            self.add(event)
+
+    def flush(self, model: str) -> None:
+        """Close and emit ``model``'s open batch, if any."""
+        batch = self._open.pop(model, None)
+        if batch is None:
+            return
+        if batch.timer is not None:
+            batch.timer.cancel()
+        self._emit(Batch(model=model, events=tuple(batch.events), opened_at=batch.opened_at))
+
+    def flush_all(self) -> None:
+        """Emit every open batch, oldest first."""
+        for model in sorted(self._open, key=lambda m: self._open[m].opened_at):
+            self.flush(model)
+
+    def _expire(self, model: str, batch: _Open) -> None:
+        if self._open.get(model) is batch:
+            self.flush(model)

@@ -1,0 +1,127 @@
+"""The ``sie`` command line. Settings are built here, once, and passed in."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from engine.settings import Settings
+
+app = typer.Typer(help="Streaming inference engine: Kafka events -> Triton -> Kafka predictions.")
+console = Console(stderr=True)
+
+Bootstrap = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers.")]
+TritonUrl = Annotated[Optional[str], typer.Option("--triton-url", help="Triton gRPC host:port.")]
+EventsTopic = Annotated[Optional[str], typer.Option("--events-topic", help="Input topic.")]
+PredTopic = Annotated[Optional[str], typer.Option("--predictions-topic", help="Output topic.")]
+DlqTopic = Annotated[Optional[str], typer.Option("--dlq-topic", help="Dead-letter topic.")]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (``SIE_*``), then CLI flags ("section.field" keys)."""
+    settings = Settings()
+    data = settings.model_dump()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, field = dotted.rpartition(".")
+        (data[section] if section else data)[field] = value
+    return Settings.model_validate(data)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("faust", "mode", "aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+@app.command()
+def worker(
+    bootstrap: Bootstrap = None,
+    triton_url: TritonUrl = None,
+    events_topic: EventsTopic = None,
+    predictions_topic: PredTopic = None,
+    dlq_topic: DlqTopic = None,
+    group: Annotated[Optional[str], typer.Option(help="Consumer group id.")] = None,
+    default_model: Annotated[Optional[str], typer.Option(help="Model for events naming none.")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="Events per micro-batch.")] = None,
+    max_delay_ms: Annotated[Optional[float], typer.Option(help="Micro-batch deadline.")] = None,
+    max_in_flight: Annotated[Optional[int], typer.Option(help="Triton requests in flight.")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Port of /metrics, /healthz, /readyz.")] = None,
+) -> None:
+    """Run one worker against the configured Kafka and Triton (production entry point)."""
+    from engine.worker import Worker
+
+    settings = load_settings(
+        **{
+            "kafka.bootstrap_servers": bootstrap,
+            "kafka.group_id": group,
+            "triton.url": triton_url,
+            "triton.default_model": default_model,
+            "topics.events": events_topic,
+            "topics.predictions": predictions_topic,
+            "topics.dlq": dlq_topic,
+            "batch.max_size": max_batch,
+            "batch.max_delay_ms": max_delay_ms,
+            "batch.max_in_flight": max_in_flight,
+            "metrics_port": metrics_port,
+        }
+    )
+    _logging(settings.log_level)
+    logging.getLogger(__name__).info("starting worker with %s", settings)
+    Worker(settings).run()
+
+
+@app.command()
+def produce(
+    file: Annotated[Optional[Path], typer.Argument(help="JSON-lines file; stdin when omitted.")] = None,
+    topic: EventsTopic = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Publish events from a JSON-lines file or stdin (key = the event's id)."""
+    from engine.kafka_tools import iter_json_lines, produce_all
+
+    settings = load_settings(**{"kafka.bootstrap_servers": bootstrap, "topics.events": topic})
+    with (file.open() if file else sys.stdin) as stream:
+        n = produce_all(settings.kafka.confluent_config(), settings.topics.events, iter_json_lines(stream))
+    console.print(f"produced {n} records to {settings.topics.events!r}")
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic to print.")],
+    bootstrap: Bootstrap = None,
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record.")] = True,
+    max_records: Annotated[Optional[int], typer.Option("--max", help="Stop after N records.")] = None,
+    idle_timeout: Annotated[Optional[float], typer.Option(help="Stop after N idle seconds.")] = None,
+) -> None:
+    """Print a topic's records (key, headers, value)."""
+    from engine.kafka_tools import consume, describe
+
+    settings = load_settings(**{"kafka.bootstrap_servers": bootstrap})
+    records = consume(
+        settings.kafka.confluent_config(), topic, from_beginning=from_beginning, idle_timeout=idle_timeout
+    )
+    for n, msg in enumerate(records, 1):
+        typer.echo(describe(msg))
+        if max_records is not None and n >= max_records:
+            break
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the effective settings (secrets redacted)."""
+    typer.echo(Settings().model_dump_json(indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,74 @@
+"""The engine's one error hierarchy.
+
+Whether a failure is retried or dead-lettered is decided by its class:
+
+* :class:`RetryableError` - the batch is retried with backoff (Triton
+  unavailable, queue full, deadline exceeded). Never dead-lettered.
+* :class:`FatalError` - the batch cannot succeed as sent; its events go to
+  the DLQ with ``reason``.
+* :class:`EventError` - one event is invalid; it travels as a value to the
+  DLQ (see :class:`engine.records.DeadLetter`).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Reason(str, Enum):
+    """Stable machine-readable codes written to the ``error.reason`` header."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_EVENT = "invalid_event"
+    MISSING_ID = "missing_id"
+    UNKNOWN_MODEL = "unknown_model"
+    MISSING_INPUT = "missing_input"
+    BAD_SHAPE = "bad_shape"
+    BAD_DTYPE = "bad_dtype"
+    TOO_LARGE = "too_large"
+    INFERENCE_ERROR = "inference_error"
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class RetryableError(EngineError):
+    """A transient failure: try the same work again later."""
+
+
+class FatalError(EngineError):
+    """A failure that retrying cannot fix."""
+
+    reason: Reason = Reason.INFERENCE_ERROR
+
+
+class InferenceFailed(FatalError):
+    """Triton rejected a batch (bad input, model error): dead-letter it."""
+
+
+class ModelNotFound(FatalError):
+    """The requested model is not served by Triton."""
+
+    reason = Reason.UNKNOWN_MODEL
+
+
+class TritonUnavailable(RetryableError):
+    """Triton is unreachable, overloaded or timed out."""
+
+
+class CircuitOpen(RetryableError):
+    """The circuit breaker is open: calls are not attempted for a while."""
+
+
+class EventError(EngineError):
+    """One event is invalid; carries its reason code."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class ConfigError(FatalError):
+    """The settings or the model repository are invalid."""

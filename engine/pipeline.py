@@ -1,0 +1,220 @@
+"""The processing pipeline of one worker, independent of Faust and of servers.
+
+``submit`` takes consumed records in order. Each is decoded; a dead letter is
+produced to the DLQ at once, a valid event joins its model's micro-batch. A
+closed batch is sent to the inference backend straight away (at most
+``max_in_flight`` requests at a time, retried through the circuit breaker),
+and the emitter produces the batches' predictions in the order the batches
+were closed, so events of one key and model keep their order on the output.
+Each record's :class:`~engine.records.Completion` is told once its prediction
+or dead letter is acknowledged by the broker - only then may its offset be
+committed. ``submit`` blocks while too many batches are outstanding: that is
+the backpressure that stops consumption when Triton is slow or down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine.batcher import MicroBatcher
+from engine.clock import Clock, LoopClock
+from engine.errors import FatalError
+from engine.records import Batch, BatchOutcome, DeadLetter, Event, OutRecord, RawRecord
+from engine.retry import Retrier
+from engine.settings import BatchSettings, TopicSettings
+from engine.sink import Sink
+from engine.triton import InferenceBackend, error_code
+from observability.metrics import EngineMetrics
+from streams.codec import DecodeContext, decode, encode_prediction
+from streams.dlq import dead_letter_record
+
+log = logging.getLogger(__name__)
+
+PROPAGATED_HEADERS = frozenset({"traceparent", "tracestate"})
+
+
+@dataclass(frozen=True)
+class PipelineParts:
+    """Everything a pipeline is built from."""
+
+    decode_ctx: DecodeContext
+    backend: InferenceBackend
+    retrier: Retrier
+    sink: Sink
+    topics: TopicSettings
+    batch: BatchSettings
+    metrics: EngineMetrics
+
+
+class Pipeline:
+    """See the module docstring."""
+
+    def __init__(self, parts: PipelineParts, clock: Clock | None = None) -> None:
+        self._p = parts
+        self._clock = clock or LoopClock()
+        self.decode_ctx = parts.decode_ctx
+        self._batcher = MicroBatcher(
+            max_size=parts.batch.max_size,
+            max_delay=parts.batch.max_delay_ms / 1000.0,
+            clock=self._clock,
+            emit=self._dispatch,
+            model_max_sizes={n: s.max_batch_size for n, s in parts.decode_ctx.models.items()},
+        )
+        self._in_flight = asyncio.Semaphore(parts.batch.max_in_flight)
+        self._fifo: asyncio.Queue[tuple[Batch, asyncio.Task[BatchOutcome]]] = asyncio.Queue()
+        self._max_outstanding = 2 * parts.batch.max_in_flight
+        self._outstanding = 0  # batches dispatched and not yet handed to the sink
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+        self._undelivered = 0  # records submitted, not yet acknowledged
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._emitter: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the emitter."""
+        self._emitter = asyncio.create_task(self._emit_loop(), name="pipeline-emitter")
+
+    async def submit(self, records: Sequence[RawRecord]) -> None:
+        """Process consumed records (in offset order); waits while at capacity."""
+        if not records:
+            return
+        self._track(len(records))
+        consumed = self._p.metrics.events_consumed
+        dead: list[DeadLetter] = []
+        for record in records:
+            item = decode(record, self.decode_ctx)
+            if isinstance(item, Event):
+                self._batcher.add(item)
+            else:
+                dead.append(item)
+        consumed.labels(records[0].source.topic).inc(len(records))
+        if dead:
+            await self._send_dead(dead)
+        while self._outstanding >= self._max_outstanding:
+            self._capacity.clear()
+            await self._capacity.wait()
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Flush open batches and wait until every submitted record is acknowledged."""
+        self._batcher.flush_all()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Drain, then stop the emitter."""
+        drained = await self.drain(timeout)
+        if not drained:
+            log.warning("stopping with %d records unacknowledged", self._undelivered)
+        if self._emitter is not None:
+            self._emitter.cancel()
+            await asyncio.gather(self._emitter, return_exceptions=True)
+
+    @property
+    def undelivered(self) -> int:
+        """Records submitted and not yet acknowledged."""
+        return self._undelivered
+
+    def _track(self, n: int) -> None:
+        self._undelivered += n
+        self._idle.clear() if self._undelivered else self._idle.set()
+        self._p.metrics.pending_events.set(self._undelivered)
+
+    def _dispatch(self, batch: Batch) -> None:
+        self._outstanding += 1
+        task = asyncio.ensure_future(self._infer(batch))
+        self._fifo.put_nowait((batch, task))
+
+    async def _infer(self, batch: Batch) -> BatchOutcome:
+        metrics = self._p.metrics
+        async with self._in_flight:
+            metrics.in_flight.inc()
+            sent_at = self._clock.now()
+            try:
+                result = await self._p.retrier.call(
+                    lambda: self._p.backend.infer(batch.model, batch.stacked_inputs())
+                )
+                error = None
+            except FatalError as err:
+                metrics.triton_errors.labels(error_code(err)).inc()
+                result, error = None, DeadLetter(batch.events[0].record, err.reason, str(err))
+            finally:
+                metrics.in_flight.dec()
+        finished = self._clock.now()
+        metrics.batch_size.labels(batch.model).observe(len(batch))
+        metrics.triton_latency.labels(batch.model).observe(finished - sent_at)
+        return BatchOutcome(batch=batch, result=result, error=error, sent_at=sent_at, finished_at=finished)
+
+    async def _emit_loop(self) -> None:
+        while True:
+            batch, task = await self._fifo.get()
+            outcome = await task
+            if outcome.result is None:
+                assert outcome.error is not None
+                error = outcome.error
+                letters = [DeadLetter(e.record, error.reason, error.message) for e in batch.events]
+                await self._send_dead(letters)
+            else:
+                await self._send_predictions(outcome)
+            self._outstanding -= 1
+            if self._outstanding < self._max_outstanding:
+                self._capacity.set()
+
+    async def _send_predictions(self, outcome: BatchOutcome) -> None:
+        batch, result = outcome.batch, outcome.result
+        assert result is not None
+        topic = self._p.topics.predictions
+        wall_ms = time.time() * 1000.0
+        inference_ms = round((outcome.finished_at - outcome.sent_at) * 1000.0, 3)
+        wait = self._p.metrics.batch_wait.labels(batch.model)
+        records = []
+        for i, event in enumerate(batch.events):
+            rec = event.record
+            queue_s = max(outcome.sent_at - rec.received_at, 0.0)
+            wait.observe(queue_s)
+            ts = rec.source.timestamp_ms
+            total_ms = wall_ms - ts if ts else (outcome.finished_at - rec.received_at) * 1000.0
+            timing = {
+                "queue": round(queue_s * 1000.0, 3),
+                "inference": inference_ms,
+                "total": round(total_ms, 3),
+            }
+            outputs = {name: arr[i] for name, arr in result.outputs.items()}
+            value = encode_prediction(event, result.model_version, outputs, timing)
+            headers = tuple((k, v) for k, v in rec.headers if k in PROPAGATED_HEADERS)
+            records.append(OutRecord(topic=topic, key=rec.key, value=value, headers=headers))
+        future = await self._p.sink.send(records)
+        future.add_done_callback(lambda _f: self._predictions_delivered(outcome))
+
+    def _predictions_delivered(self, outcome: BatchOutcome) -> None:
+        batch, result = outcome.batch, outcome.result
+        assert result is not None
+        metrics = self._p.metrics
+        metrics.predictions.labels(batch.model, result.model_version).inc(len(batch))
+        latency = metrics.e2e_latency.labels(batch.model)
+        now_ms = time.time() * 1000.0
+        for event in batch.events:
+            ts = event.record.source.timestamp_ms
+            if ts:
+                latency.observe(max(now_ms - ts, 0.0) / 1000.0)
+            event.record.completion.done()
+        self._track(-len(batch))
+
+    async def _send_dead(self, letters: Sequence[DeadLetter]) -> None:
+        topic = self._p.topics.dlq
+        future = await self._p.sink.send([dead_letter_record(d, topic) for d in letters])
+        future.add_done_callback(lambda _f: self._dead_delivered(letters))
+
+    def _dead_delivered(self, letters: Sequence[DeadLetter]) -> None:
+        counter = self._p.metrics.dead_letters
+        for letter in letters:
+            counter.labels(letter.reason.value).inc()
+            letter.record.completion.done()
+        self._track(-len(letters))

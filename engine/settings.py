@@ -1,0 +1,125 @@
+"""Settings of a worker, read once at the entry point (env prefix ``SIE_``).
+
+Every component receives the piece of this object it needs; nothing else reads
+the environment. Nested groups use ``__`` in variable names, e.g.
+``SIE_KAFKA__BOOTSTRAP_SERVERS`` or ``SIE_BATCH__MAX_SIZE``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    """How to reach the Kafka cluster, and the consumer's group behaviour."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    group_id: str = "sie-workers"
+    session_timeout_s: float = Field(10.0, gt=0)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    commit_interval_s: float = Field(1.0, gt=0)
+    max_poll_records: int = Field(2000, gt=0)
+    linger_ms: int = Field(2, ge=0)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+    def confluent_config(self) -> dict[str, str]:
+        """librdkafka properties for the connection and security settings."""
+        cfg: dict[str, str] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol.lower(),
+        }
+        optional = {
+            "ssl.ca.location": self.ssl_cafile,
+            "ssl.certificate.location": self.ssl_certfile,
+            "ssl.key.location": self.ssl_keyfile,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+        }
+        cfg.update({k: str(v) for k, v in optional.items() if v is not None})
+        if self.ssl_key_password is not None:
+            cfg["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        if self.sasl_password is not None:
+            cfg["sasl.password"] = self.sasl_password.get_secret_value()
+        return cfg
+
+
+class TopicSettings(BaseModel):
+    """Topic names of the event contract."""
+
+    events: str = "events"
+    predictions: str = "predictions"
+    dlq: str = "events.dlq"
+    partitions: int = Field(4, gt=0)
+
+
+class TritonSettings(BaseModel):
+    """Where Triton is, and how the worker talks to it."""
+
+    url: str = "127.0.0.1:8001"
+    http_url: str = "127.0.0.1:8000"
+    default_model: str = "breast_cancer"
+    request_timeout_s: float = Field(10.0, gt=0)
+    ssl: bool = False
+    root_certificates: Path | None = None
+    private_key: Path | None = None
+    certificate_chain: Path | None = None
+
+
+class BatchSettings(BaseModel):
+    """Micro-batching: a batch is sent when it is full or its deadline passes."""
+
+    max_size: int = Field(256, gt=0)
+    max_delay_ms: float = Field(5.0, ge=0)
+    max_in_flight: int = Field(4, gt=0)
+
+
+class RetrySettings(BaseModel):
+    """Retries of retryable Triton failures, and the circuit breaker."""
+
+    initial_backoff_s: float = Field(0.05, gt=0)
+    max_backoff_s: float = Field(2.0, gt=0)
+    multiplier: float = Field(2.0, ge=1)
+    # Failures in a row that open the circuit; while open, batches wait
+    # (they are never dead-lettered because Triton is down).
+    failure_threshold: int = Field(3, gt=0)
+    reset_timeout_s: float = Field(1.0, gt=0)
+
+
+class LimitSettings(BaseModel):
+    """Per-event limits; events over them go to the DLQ as ``too_large``."""
+
+    max_message_bytes: int = Field(1_000_000, gt=0)
+    max_elements: int = Field(65_536, gt=0)
+    max_id_length: int = Field(256, gt=0)
+
+
+class Settings(BaseSettings):
+    """All settings of one worker."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SIE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    triton: TritonSettings = TritonSettings()
+    batch: BatchSettings = BatchSettings()
+    retry: RetrySettings = RetrySettings()
+    limits: LimitSettings = LimitSettings()
+    metrics_port: int = Field(9300, ge=0)
+    worker_name: str = "sie-worker"
+    data_dir: Path = Path(".sie")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    otlp_endpoint: str | None = None

@@ -1,0 +1,152 @@
+"""Producing output records, with delivery acknowledged by the broker.
+
+``send`` returns a future that resolves only when every record of the call has
+been acknowledged. A record whose delivery fails (broker down past the
+producer's message timeout) is produced again after a pause, without limit:
+the caller never sees a lost record, only a late one, and does not commit
+offsets past it meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, Producer
+
+from engine.records import OutRecord
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where output records go."""
+
+    async def send(self, records: Sequence[OutRecord]) -> asyncio.Future[None]:
+        """Queue ``records``; the returned future resolves when all are acknowledged."""
+
+    async def close(self) -> None:
+        """Flush what is queued and stop."""
+
+
+class _Delivery:
+    """Tracks one ``send`` call's records; runs its callbacks on the poll thread."""
+
+    __slots__ = ("sink", "future", "remaining", "failed", "lock")
+
+    def __init__(self, sink: KafkaSink, future: asyncio.Future[None], count: int) -> None:
+        self.sink = sink
+        self.future = future
+        self.remaining = count
+        self.failed: list[OutRecord] = []
+        self.lock = threading.Lock()
+
+    def callback(self, record: OutRecord) -> Any:
+        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+            with self.lock:
+                if err is not None:
+                    self.failed.append(record)
+                    self.sink.last_error = str(err)
+                self.remaining -= 1
+                finished = self.remaining == 0
+            if finished:
+                self.sink.finished(self)
+
+        return on_delivery
+
+
+class KafkaSink:
+    """A confluent-kafka producer with a poll thread and asyncio delivery futures."""
+
+    def __init__(
+        self,
+        config: Mapping[str, str],
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        retry_pause_s: float = 1.0,
+    ) -> None:
+        conf: dict[str, Any] = {
+            "acks": "all",
+            "linger.ms": 2,
+            "enable.idempotence": False,
+            "message.timeout.ms": 30000,
+            "queue.buffering.max.messages": 1_000_000,
+            "batch.num.messages": 10000,
+        }
+        conf.update(config)
+        self._producer = Producer(conf)
+        self._loop = loop or asyncio.get_running_loop()
+        self._retry_pause_s = retry_pause_s
+        self._running = True
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._poll_loop, name="sink-poll", daemon=True)
+        self._thread.start()
+
+    async def send(self, records: Sequence[OutRecord]) -> asyncio.Future[None]:
+        """Produce ``records`` in order; see the module docstring."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        if not records:
+            future.set_result(None)
+            return future
+        delivery = _Delivery(self, future, len(records))
+        await self._produce_all(records, delivery)
+        return future
+
+    async def _produce_all(self, records: Sequence[OutRecord], delivery: _Delivery) -> None:
+        produce = self._producer.produce
+        for record in records:
+            while True:
+                try:
+                    produce(
+                        record.topic,
+                        value=record.value,
+                        key=record.key,
+                        headers=list(record.headers) if record.headers else None,
+                        on_delivery=delivery.callback(record),
+                    )
+                    break
+                except BufferError:
+                    await asyncio.sleep(0.005)  # local queue full: let deliveries drain
+
+    def finished(self, delivery: _Delivery) -> None:
+        """Called on the poll thread when a ``send`` call's records all have an answer."""
+        if not delivery.failed:
+            self._loop.call_soon_threadsafe(_resolve, delivery.future)
+            return
+        failed, delivery.failed = delivery.failed, []
+        delivery.remaining = len(failed)
+        log.warning(
+            "%d records not delivered (%s); producing them again in %.1fs",
+            len(failed),
+            self.last_error,
+            self._retry_pause_s,
+        )
+        self._loop.call_soon_threadsafe(self._schedule_retry, failed, delivery)
+
+    def _schedule_retry(self, failed: list[OutRecord], delivery: _Delivery) -> None:
+        async def retry() -> None:
+            await asyncio.sleep(self._retry_pause_s)
+            await self._produce_all(failed, delivery)
+
+        if self._running:
+            self._loop.create_task(retry())
+
+    def _poll_loop(self) -> None:
+        while self._running:
+            self._producer.poll(0.05)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Wait for queued records to be delivered, then stop the poll thread."""
+        remaining = await asyncio.to_thread(self._producer.flush, timeout)
+        if remaining:
+            log.warning("%d records still undelivered at close", remaining)
+        self._running = False
+        await asyncio.to_thread(self._thread.join, 2.0)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

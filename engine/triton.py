@@ -1,0 +1,159 @@
+"""The async Triton client (tritonclient gRPC aio) behind an ``InferenceBackend`` protocol."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from engine.errors import (
+    FatalError,
+    InferenceFailed,
+    ModelNotFound,
+    RetryableError,
+    TritonUnavailable,
+)
+from engine.modelspec import WIRE_DTYPES, ModelSpec, spec_from_config
+from engine.records import InferenceResult
+from engine.settings import TritonSettings
+
+log = logging.getLogger(__name__)
+
+# gRPC status codes after which the same request may succeed later.
+RETRYABLE_CODES = frozenset(
+    {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED"}
+)
+NOT_FOUND_CODES = frozenset({"NOT_FOUND"})
+
+
+class InferenceBackend(Protocol):
+    """Something that runs a batch through a model."""
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> InferenceResult:
+        """Run one batch; raises RetryableError or FatalError subclasses."""
+
+    async def model_specs(self) -> dict[str, ModelSpec]:
+        """Specs of every model that is ready to serve."""
+
+    async def is_ready(self) -> bool:
+        """Whether the server answers and is ready."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def status_code(err: InferenceServerException) -> str:
+    """The gRPC status name of a tritonclient error, e.g. ``UNAVAILABLE``."""
+    status = err.status() or ""
+    return str(status).rsplit(".", 1)[-1].upper()
+
+
+def classify(err: InferenceServerException, model: str) -> RetryableError | FatalError:
+    """Map a tritonclient error to the engine's hierarchy by its status code."""
+    code = status_code(err)
+    text = f"{code or 'CLIENT'}: {err.message()}"
+    if code in RETRYABLE_CODES:
+        exc: RetryableError | FatalError = TritonUnavailable(text)
+    elif code in NOT_FOUND_CODES:
+        exc = ModelNotFound(f"model {model!r}: {text}")
+    else:
+        exc = InferenceFailed(text)
+    exc.code = code or "CLIENT"  # type: ignore[union-attr]
+    return exc
+
+
+class TritonBackend:
+    """Triton over gRPC (asyncio)."""
+
+    def __init__(self, settings: TritonSettings) -> None:
+        self._settings = settings
+        self._client = grpcclient.InferenceServerClient(
+            url=settings.url,
+            ssl=settings.ssl,
+            root_certificates=_path(settings.root_certificates),
+            private_key=_path(settings.private_key),
+            certificate_chain=_path(settings.certificate_chain),
+        )
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> InferenceResult:
+        """Send one batch and return outputs with the batch axis first."""
+        request = []
+        for name, array in inputs.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), WIRE_DTYPES[array.dtype])
+            tensor.set_data_from_numpy(np.ascontiguousarray(array))
+            request.append(tensor)
+        try:
+            response = await self._client.infer(
+                model,
+                request,
+                client_timeout=self._settings.request_timeout_s,
+                headers=dict(headers) if headers else None,
+            )
+        except InferenceServerException as err:
+            raise classify(err, model) from err
+        raw = response.get_response()
+        outputs = {out.name: response.as_numpy(out.name) for out in raw.outputs}
+        return InferenceResult(model=model, model_version=raw.model_version, outputs=outputs)
+
+    async def model_specs(self) -> dict[str, ModelSpec]:
+        """Specs of every READY model, read from Triton's model configs."""
+        try:
+            index: Any = await self._client.get_model_repository_index(as_json=True)
+            ready = [m["name"] for m in index.get("models", []) if m.get("state") == "READY"]
+            specs = {}
+            for name in sorted(set(ready)):
+                config: Any = await self._client.get_model_config(name, as_json=True)
+                specs[name] = spec_from_config(config["config"])
+        except InferenceServerException as err:
+            raise classify(err, "*") from err
+        return specs
+
+    async def model_versions(self) -> dict[str, list[str]]:
+        """Ready versions per model."""
+        try:
+            index: Any = await self._client.get_model_repository_index(as_json=True)
+        except InferenceServerException as err:
+            raise classify(err, "*") from err
+        versions: dict[str, list[str]] = {}
+        for m in index.get("models", []):
+            if m.get("state") == "READY":
+                versions.setdefault(m["name"], []).append(str(m.get("version", "")))
+        return versions
+
+    async def is_ready(self) -> bool:
+        """Server liveness and readiness in one call."""
+        try:
+            return bool(await self._client.is_server_ready())
+        except InferenceServerException:
+            return False
+
+    async def close(self) -> None:
+        """Close the gRPC channel."""
+        await self._client.close()
+
+
+def _path(path: Any) -> str | None:
+    return str(path) if path is not None else None
+
+
+def error_code(err: BaseException) -> str:
+    """A bounded label for an error: its gRPC code, else its class name."""
+    code = getattr(err, "code", None)
+    return str(code) if isinstance(code, str) else type(err).__name__
+

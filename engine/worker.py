@@ -1,0 +1,139 @@
+"""One worker process: settings in, a running Faust worker out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from engine.clock import LoopClock
+from engine.errors import RetryableError
+from engine.modelspec import ModelSpec
+from engine.pipeline import Pipeline, PipelineParts
+from engine.retry import CircuitBreaker, CircuitState, Retrier
+from engine.settings import Settings
+from engine.sink import KafkaSink
+from engine.triton import TritonBackend, error_code
+from observability.metrics import EngineMetrics, create_metrics
+from observability.server import serve
+from streams.app import Submit, add_inference_agent, create_app
+from streams.codec import DecodeContext
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Builds the pipeline on the worker's event loop and runs the Faust app."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics: EngineMetrics = create_metrics(self.registry)
+        self.app = create_app(settings)
+        self.pipeline: Pipeline | None = None
+        self._building: asyncio.Future[Pipeline] | None = None
+        self.backend: TritonBackend | None = None
+        self._triton_ok = False
+        add_inference_agent(self.app, settings, self._submit)
+        self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
+
+    async def _submit(self) -> Submit:
+        if self._building is None:
+            self._building = asyncio.ensure_future(self._build())
+        pipeline = await self._building
+        return pipeline.submit
+
+    async def _build(self) -> Pipeline:
+        settings = self.settings
+        self.backend = backend = TritonBackend(settings.triton)
+        specs = await self._wait_for_models(backend)
+        self._note_versions(await backend.model_versions())
+        clock = LoopClock()
+        metrics = self.metrics
+        breaker = CircuitBreaker(settings.retry, clock, on_change=self._on_circuit)
+        retrier = Retrier(settings.retry, clock, breaker, on_retry=self._on_retry)
+        sink = KafkaSink(settings.kafka.confluent_config() | {"linger.ms": str(settings.kafka.linger_ms)})
+        ctx = DecodeContext(models=specs, default_model=settings.triton.default_model, limits=settings.limits)
+        parts = PipelineParts(
+            decode_ctx=ctx,
+            backend=backend,
+            retrier=retrier,
+            sink=sink,
+            topics=settings.topics,
+            batch=settings.batch,
+            metrics=metrics,
+        )
+        pipeline = Pipeline(parts, clock)
+        await pipeline.start()
+        self.pipeline = pipeline
+        self._sink = sink
+        log.info("pipeline ready: models %s, default %r", sorted(specs), settings.triton.default_model)
+        return pipeline
+
+    async def _wait_for_models(self, backend: TritonBackend) -> dict[str, ModelSpec]:
+        delay = 0.5
+        while True:
+            try:
+                specs = await backend.model_specs()
+                if specs:
+                    self._set_triton_up(True)
+                    return specs
+                log.warning("Triton at %s serves no ready model yet; waiting", self.settings.triton.url)
+            except RetryableError as err:
+                log.warning("waiting for Triton at %s: %s", self.settings.triton.url, err)
+            self._set_triton_up(False)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _note_versions(self, versions: dict[str, list[str]]) -> None:
+        for model, vs in versions.items():
+            for v in vs:
+                self.metrics.model_version.labels(model, v).set(1)
+
+    def _on_circuit(self, state: CircuitState) -> None:
+        self.metrics.circuit_state.set(int(state))
+        self._set_triton_up(state is CircuitState.CLOSED)
+
+    def _set_triton_up(self, up: bool) -> None:
+        self._triton_ok = up
+        self.metrics.triton_up.set(1 if up else 0)
+
+    def _on_retry(self, err: RetryableError) -> None:
+        self.metrics.triton_errors.labels(error_code(err)).inc()
+        self.metrics.retries.labels("*").inc()
+
+    async def _on_shutdown(self, app: faust.App, **_: Any) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.stop(timeout=30.0)
+            await self._sink.close()
+        if self.backend is not None:
+            await self.backend.close()
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when partitions are assigned and Triton answers (circuit not open)."""
+        try:
+            assigned = len(self.app.consumer.assignment())
+        except Exception:  # consumer not started yet
+            assigned = 0
+        triton_ok = self.pipeline is not None and self._triton_ok
+        return assigned > 0 and triton_ok, {"assigned_partitions": assigned, "triton": triton_ok}
+
+    def run(self) -> None:
+        """Serve metrics and run the Faust worker until it is stopped (SIGTERM/SIGINT)."""
+        server = serve(self.settings.metrics_port, self.registry, self.readiness)
+        log.info("metrics and health on :%d", server.server_port)
+        worker = faust.Worker(
+            self.app,
+            loglevel=self.settings.log_level.lower(),
+            quiet=True,
+            redirect_stdouts=False,
+            override_logging=False,
+        )
+        try:
+            worker.execute_from_commandline()
+        finally:
+            server.shutdown()
+

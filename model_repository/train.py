@@ -1,0 +1,273 @@
+"""Train the repository's MLP classifiers and write them as Triton python models.
+
+Usage::
+
+    python model_repository/train.py [--out DIR] [--version N]
+
+For each data set bundled with scikit-learn (``breast_cancer``, ``iris``) this
+fits ``StandardScaler -> MLPClassifier`` on a fixed stratified split and writes::
+
+    <out>/<name>/config.pbtxt
+    <out>/<name>/reference_profile.json   # training-input/score stats for drift
+    <out>/<name>/<version>/model.py       # copy of mlp_backend.py
+    <out>/<name>/<version>/weights.npz    # float32 scaler + layers
+    <out>/<name>/<version>/metrics.json   # held-out accuracy
+
+Everything is seeded, so re-running gives the same weights and accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer, load_iris
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+HERE = Path(__file__).resolve().parent
+TEMPLATE = HERE / "mlp_backend.py"
+SPLIT_SEED = 42
+MODEL_SEED = 0
+TEST_SIZE = 0.25
+HIDDEN_UNITS = 16
+QUANTILE_LEVELS = tuple(round(0.1 * i, 1) for i in range(11))
+MAX_BATCH_SIZE = 256
+
+LOADERS: dict[str, Callable[..., Any]] = {
+    "breast_cancer": load_breast_cancer,
+    "iris": load_iris,
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """A data set's fixed stratified train/test split."""
+
+    name: str
+    x_train: np.ndarray
+    x_test: np.ndarray
+    y_train: np.ndarray
+    y_test: np.ndarray
+    feature_names: tuple[str, ...]
+    class_names: tuple[str, ...]
+
+
+def load_split(name: str) -> Split:
+    """The stratified 75/25 split (``random_state=42``) used for training and tests."""
+    data = LOADERS[name]()
+    x = np.asarray(data.data, dtype=np.float32)
+    y = np.asarray(data.target, dtype=np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=y
+    )
+    return Split(
+        name=name,
+        x_train=x_train,
+        x_test=x_test,
+        y_train=y_train,
+        y_test=y_test,
+        feature_names=tuple(str(f) for f in data.feature_names),
+        class_names=tuple(str(c) for c in data.target_names),
+    )
+
+
+def fit(split: Split) -> Pipeline:
+    """Fit ``StandardScaler -> MLPClassifier(16 ReLU units)`` on the training rows."""
+    mlp = MLPClassifier(
+        hidden_layer_sizes=(HIDDEN_UNITS,),
+        activation="relu",
+        solver="adam",
+        alpha=1.0,
+        max_iter=2000,
+        random_state=MODEL_SEED,
+    )
+    pipeline = Pipeline([("scaler", StandardScaler()), ("mlp", mlp)])
+    pipeline.fit(split.x_train.astype(np.float64), split.y_train)
+    return pipeline
+
+
+def export_weights(pipeline: Pipeline) -> dict[str, np.ndarray]:
+    """The pipeline as float32 arrays ``mean, scale, W0, b0, W1, b1, ...``.
+
+    A binary MLPClassifier has one logistic output unit; it is rewritten as a
+    two-unit softmax layer with logits ``[0, z]``, which gives exactly
+    ``[1 - sigmoid(z), sigmoid(z)]``, so every model ends in a softmax.
+    """
+    scaler: StandardScaler = pipeline.named_steps["scaler"]
+    mlp: MLPClassifier = pipeline.named_steps["mlp"]
+    coefs = [np.asarray(w, dtype=np.float64) for w in mlp.coefs_]
+    biases = [np.asarray(b, dtype=np.float64) for b in mlp.intercepts_]
+    if coefs[-1].shape[1] == 1:
+        coefs[-1] = np.concatenate([np.zeros_like(coefs[-1]), coefs[-1]], axis=1)
+        biases[-1] = np.concatenate([np.zeros_like(biases[-1]), biases[-1]])
+    arrays: dict[str, np.ndarray] = {
+        "mean": np.asarray(scaler.mean_, dtype=np.float32),
+        "scale": np.asarray(scaler.scale_, dtype=np.float32),
+    }
+    for i, (w, b) in enumerate(zip(coefs, biases, strict=True)):
+        arrays[f"W{i}"] = w.astype(np.float32)
+        arrays[f"b{i}"] = b.astype(np.float32)
+    return arrays
+
+
+def backend() -> ModuleType:
+    """The ``mlp_backend`` template, imported by path via ``numpy_reference``."""
+    spec = importlib.util.spec_from_file_location("numpy_reference", HERE / "numpy_reference.py")
+    if spec is None or spec.loader is None:
+        raise ImportError("numpy_reference.py not found")
+    module = importlib.util.module_from_spec(spec)
+    previous = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = previous
+    return module.backend_module()
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows whose arg-max class equals the label."""
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
+
+
+def scores(probabilities: np.ndarray) -> np.ndarray:
+    """Drift score: positive-class probability (2 classes) or max probability."""
+    if probabilities.shape[1] == 2:
+        return np.asarray(probabilities[:, 1])
+    return np.asarray(probabilities.max(axis=1))
+
+
+def describe(values: np.ndarray) -> dict[str, Any]:
+    """Mean, std and the 0.0, 0.1, ..., 1.0 quantiles of a 1-d sample."""
+    values = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "quantiles": [float(q) for q in np.quantile(values, QUANTILE_LEVELS)],
+    }
+
+
+def reference_profile(split: Split, train_probs: np.ndarray, version: int) -> dict[str, Any]:
+    """Per-feature and score statistics of the training inputs, for drift checks."""
+    n_classes = train_probs.shape[1]
+    score_name = "positive_class_probability" if n_classes == 2 else "max_probability"
+    return {
+        "model": split.name,
+        "version": version,
+        "n_samples": int(split.x_train.shape[0]),
+        "quantile_levels": list(QUANTILE_LEVELS),
+        "classes": list(split.class_names),
+        "features": [
+            {"index": i, "name": name, **describe(split.x_train[:, i])}
+            for i, name in enumerate(split.feature_names)
+        ],
+        "score": {"name": score_name, **describe(scores(train_probs))},
+    }
+
+
+def render_config(
+    name: str, n_features: int, n_classes: int, *, sleep_ms_per_batch: int | None = None
+) -> str:
+    """The ``config.pbtxt`` text; ``sleep_ms_per_batch`` makes a slow model for chaos tests."""
+    parameters = ""
+    if sleep_ms_per_batch is not None:
+        parameters = (
+            "\nparameters: {\n"
+            f'  key: "sleep_ms_per_batch"\n'
+            f'  value: {{ string_value: "{sleep_ms_per_batch}" }}\n'
+            "}\n"
+        )
+    return f"""# Generated by model_repository/train.py - do not edit by hand.
+name: "{name}"
+backend: "python"
+max_batch_size: {MAX_BATCH_SIZE}
+input [
+  {{
+    name: "features"
+    data_type: TYPE_FP32
+    dims: [ {n_features} ]
+  }}
+]
+output [
+  {{
+    name: "probabilities"
+    data_type: TYPE_FP32
+    dims: [ {n_classes} ]
+  }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ 64, 128 ]
+  max_queue_delay_microseconds: 500
+}}
+# CPU instance; use KIND_GPU on GPU hosts.
+instance_group [
+  {{
+    kind: KIND_CPU
+    count: 1
+  }}
+]
+version_policy: {{ latest: {{ num_versions: 1 }} }}
+{parameters}"""
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as stable, indented JSON."""
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def train_one(name: str, out: Path, version: int) -> float:
+    """Train one model, write its files under ``out/name``; return held-out accuracy."""
+    split = load_split(name)
+    arrays = export_weights(fit(split))
+    model_dir = out / name
+    version_dir = model_dir / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(version_dir / "weights.npz", **arrays)
+    shutil.copyfile(TEMPLATE, version_dir / "model.py")
+    mlp = backend()
+    weights = mlp.load_weights(version_dir / "weights.npz")
+    test_accuracy = accuracy(mlp.forward(weights, split.x_test), split.y_test)
+    train_probs = mlp.forward(weights, split.x_train)
+    write_json(
+        version_dir / "metrics.json",
+        {
+            "model": name,
+            "version": version,
+            "test_accuracy": test_accuracy,
+            "train_accuracy": accuracy(train_probs, split.y_train),
+            "n_train": int(split.x_train.shape[0]),
+            "n_test": int(split.x_test.shape[0]),
+        },
+    )
+    write_json(model_dir / "reference_profile.json", reference_profile(split, train_probs, version))
+    config = render_config(name, weights.n_features, weights.n_classes)
+    (model_dir / "config.pbtxt").write_text(config)
+    return test_accuracy
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="model repository directory")
+    parser.add_argument("--version", type=int, default=1, help="model version to write")
+    args = parser.parse_args(argv)
+    for name in LOADERS:
+        acc = train_one(name, args.out, args.version)
+        print(f"{name}: held-out accuracy {acc:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Prometheus metrics, OpenTelemetry tracing and the worker's HTTP endpoint."""

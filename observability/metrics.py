@@ -1,0 +1,82 @@
+"""Prometheus metrics of a worker, created by a factory on a given registry.
+
+Label values always come from bounded sets (topic, model, version, reason
+code, gRPC code, partition): never ids, keys or payloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# 1 ms .. 10 s, roughly 1-2.5-5 per decade.
+LATENCY_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True)
+class EngineMetrics:
+    """Every metric a worker exports."""
+
+    registry: CollectorRegistry
+    events_consumed: Counter
+    predictions: Counter
+    dead_letters: Counter
+    triton_errors: Counter
+    retries: Counter
+    e2e_latency: Histogram
+    batch_wait: Histogram
+    triton_latency: Histogram
+    batch_size: Histogram
+    in_flight: Gauge
+    pending_events: Gauge
+    consumer_lag: Gauge
+    circuit_state: Gauge
+    triton_up: Gauge
+    model_version: Gauge
+
+
+def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> EngineMetrics:
+    """Create and register the engine's metrics on ``registry``."""
+
+    def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+        return Counter(name, doc, labels, namespace=namespace, registry=registry)
+
+    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, labels, namespace=namespace, registry=registry)
+
+    def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(name, doc, ("model",), namespace=namespace, registry=registry, buckets=buckets)
+
+    return EngineMetrics(
+        registry=registry,
+        events_consumed=counter("events_consumed", "Records consumed from input topics.", ("topic",)),
+        predictions=counter("predictions", "Predictions acknowledged by the broker.", ("model", "version")),
+        dead_letters=counter("dead_letters", "Dead letters acknowledged by the broker.", ("reason",)),
+        triton_errors=counter("triton_errors", "Failed Triton requests by gRPC code.", ("code",)),
+        retries=counter("retries", "Batches retried after a retryable failure.", ("model",)),
+        e2e_latency=histogram(
+            "e2e_latency_seconds",
+            "Event's Kafka timestamp to its prediction acknowledged by the broker.",
+            LATENCY_BUCKETS,
+        ),
+        batch_wait=histogram(
+            "batch_wait_seconds", "Time an event waited before its batch was sent.", LATENCY_BUCKETS
+        ),
+        triton_latency=histogram(
+            "triton_request_seconds", "Triton round trip per batch, retries included.", LATENCY_BUCKETS
+        ),
+        batch_size=histogram(
+            "batch_size_events", "Events per Triton request.", tuple(float(b) for b in BATCH_SIZE_BUCKETS)
+        ),
+        in_flight=gauge("in_flight_batches", "Batches sent to Triton and not yet answered."),
+        pending_events=gauge("pending_events", "Events consumed and not yet acknowledged."),
+        consumer_lag=gauge("consumer_lag", "Records behind the partition's end.", ("topic", "partition")),
+        circuit_state=gauge("circuit_state", "Triton circuit: 0 closed, 1 half-open, 2 open."),
+        triton_up=gauge("triton_up", "1 when Triton answered the last request or probe."),
+        model_version=gauge("model_version_info", "1 for each model version in use.", ("model", "version")),
+    )

@@ -1,0 +1,51 @@
+"""The worker's HTTP endpoint: ``/metrics``, ``/healthz`` (alive) and ``/readyz``."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+# () -> (ready, details shown in the response body)
+ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Scrapes every few seconds would flood the log; stay quiet."""
+
+
+def make_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app serving metrics from ``registry`` and the health endpoints."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            return _json(start_response, 200, {"status": "alive"})
+        if path == "/readyz":
+            ready, details = readiness()
+            return _json(start_response, 200 if ready else 503, {"ready": ready, **details})
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+def _json(start_response: Callable[..., Any], code: int, body: dict[str, Any]) -> list[bytes]:
+    data = json.dumps(body, default=str).encode()
+    status = {200: "200 OK", 503: "503 Service Unavailable"}[code]
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def serve(
+    port: int, registry: CollectorRegistry, readiness: ReadinessCheck, host: str = "0.0.0.0"
+) -> WSGIServer:
+    """Serve in a daemon thread; returns the server (``.server_port``, ``.shutdown()``)."""
+    server = make_server(host, port, make_app(registry, readiness), WSGIServer, _QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

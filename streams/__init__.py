@@ -1,0 +1,1 @@
+"""Faust agents, event codecs and dead letters."""

@@ -1,0 +1,188 @@
+"""Decode and validate input events; encode predictions.
+
+The event contract (see README):
+
+* input value: ``{"id": str, "model": str?, "inputs": {NAME: nested list}}``,
+  or ``"features": [...]`` as shorthand for a model with one input;
+* output value: ``{"id", "model", "model_version", "outputs", "timing_ms"}``.
+
+Decoding never raises on bad input: it returns a :class:`DeadLetter` whose
+reason is one of :class:`engine.errors.Reason`. Payloads are only ever parsed
+as JSON - never evaluated or unpickled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from engine.errors import EventError, Reason
+from engine.modelspec import ModelSpec, TensorSpec
+from engine.records import DeadLetter, Event, RawRecord
+from engine.settings import LimitSettings
+
+_NUMERIC_KINDS = frozenset("iuf")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeContext:
+    """What decoding needs: the served models and the limits."""
+
+    models: Mapping[str, ModelSpec]
+    default_model: str
+    limits: LimitSettings
+
+
+def decode(record: RawRecord, ctx: DecodeContext) -> Event | DeadLetter:
+    """Turn one raw record into a valid event, or a dead letter with a reason."""
+    try:
+        return _decode(record, ctx)
+    except EventError as err:
+        return DeadLetter(record=record, reason=err.reason, message=err.message)
+
+
+def _decode(record: RawRecord, ctx: DecodeContext) -> Event:
+    value = record.value
+    if value is None:
+        raise EventError(Reason.INVALID_JSON, "record has no value (tombstone)")
+    if len(value) > ctx.limits.max_message_bytes:
+        raise EventError(
+            Reason.TOO_LARGE,
+            f"value is {len(value)} bytes, over the limit of {ctx.limits.max_message_bytes}",
+        )
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as err:
+        raise EventError(Reason.INVALID_JSON, f"value is not valid JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise EventError(Reason.INVALID_EVENT, f"value must be a JSON object, got {_kind(doc)}")
+    event_id = _event_id(doc, ctx.limits)
+    spec = _model(doc, ctx)
+    raw_inputs = _raw_inputs(doc, spec)
+    inputs = {t.name: _tensor(raw_inputs, t, ctx.limits) for t in spec.inputs}
+    return Event(id=event_id, model=spec.name, inputs=inputs, record=record)
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _event_id(doc: dict[str, Any], limits: LimitSettings) -> str:
+    event_id = doc.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise EventError(Reason.MISSING_ID, f"'id' must be a non-empty string, got {_kind(event_id)}")
+    if len(event_id) > limits.max_id_length:
+        raise EventError(
+            Reason.TOO_LARGE, f"'id' is {len(event_id)} characters, over {limits.max_id_length}"
+        )
+    return event_id
+
+
+def _model(doc: dict[str, Any], ctx: DecodeContext) -> ModelSpec:
+    name = doc.get("model")
+    if name is None:
+        name = ctx.default_model
+    elif not isinstance(name, str):
+        raise EventError(Reason.INVALID_EVENT, f"'model' must be a string, got {_kind(name)}")
+    spec = ctx.models.get(name)
+    if spec is None:
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        raise EventError(Reason.UNKNOWN_MODEL, f"model {shown!r} is not served")
+    return spec
+
+
+def _raw_inputs(doc: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
+    has_inputs, has_features = "inputs" in doc, "features" in doc
+    if has_inputs and has_features:
+        raise EventError(Reason.INVALID_EVENT, "give either 'inputs' or 'features', not both")
+    if has_features:
+        if len(spec.inputs) != 1:
+            raise EventError(
+                Reason.INVALID_EVENT,
+                f"'features' is shorthand for one-input models; {spec.name!r} has "
+                f"{len(spec.inputs)} inputs",
+            )
+        return {spec.inputs[0].name: doc["features"]}
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, dict):
+        raise EventError(
+            Reason.MISSING_INPUT, f"'inputs' must be an object of tensors, got {_kind(inputs)}"
+        )
+    expected = {t.name for t in spec.inputs}
+    missing = sorted(expected - inputs.keys())
+    if missing:
+        raise EventError(Reason.MISSING_INPUT, f"inputs {missing} missing for {spec.name!r}")
+    extra = sorted(inputs.keys() - expected)
+    if extra:
+        raise EventError(Reason.INVALID_EVENT, f"unknown inputs {extra[:5]} for {spec.name!r}")
+    return inputs
+
+
+def _tensor(raw_inputs: Mapping[str, Any], spec: TensorSpec, limits: LimitSettings) -> np.ndarray:
+    value = raw_inputs[spec.name]
+    if not isinstance(value, list) and spec.dims:
+        raise EventError(Reason.BAD_SHAPE, f"input {spec.name!r} must be an array")
+    if isinstance(value, list) and len(value) > limits.max_elements:
+        raise EventError(Reason.TOO_LARGE, f"input {spec.name!r} has over {limits.max_elements} elements")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise EventError(Reason.BAD_SHAPE, f"input {spec.name!r} is not a regular array: {err}") from None
+    if arr.size > limits.max_elements:
+        raise EventError(
+            Reason.TOO_LARGE, f"input {spec.name!r} has {arr.size} elements, over {limits.max_elements}"
+        )
+    if not spec.shape_matches(arr.shape):
+        raise EventError(
+            Reason.BAD_SHAPE, f"input {spec.name!r} has shape {list(arr.shape)}, expected {list(spec.dims)}"
+        )
+    return _cast(arr, spec)
+
+
+def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    target = spec.dtype
+    if arr.dtype == target:
+        return arr
+    if arr.dtype.kind == "b" and target.kind != "b" or arr.dtype.kind not in _NUMERIC_KINDS | {"b"}:
+        raise EventError(
+            Reason.BAD_DTYPE,
+            f"input {spec.name!r} holds {_dtype_word(arr)}, expected numbers of {target.name}",
+        )
+    if target.kind in "iu" and arr.dtype.kind == "f":
+        raise EventError(Reason.BAD_DTYPE, f"input {spec.name!r} holds floats, expected {target.name}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(target)
+    if target.kind == "f" and not np.isfinite(out).all():
+        raise EventError(Reason.BAD_DTYPE, f"input {spec.name!r} has values out of range for {target.name}")
+    if target.kind in "iu" and not np.array_equal(out, arr):
+        raise EventError(Reason.BAD_DTYPE, f"input {spec.name!r} has values out of range for {target.name}")
+    return out
+
+
+def _dtype_word(arr: np.ndarray) -> str:
+    return {"b": "booleans", "U": "strings", "S": "bytes", "O": "nulls or mixed values"}.get(
+        arr.dtype.kind, arr.dtype.name
+    )
+
+
+def encode_prediction(
+    event: Event,
+    model_version: str,
+    outputs: Mapping[str, np.ndarray],
+    timing_ms: Mapping[str, float],
+) -> bytes:
+    """The JSON value of one prediction record."""
+    return orjson.dumps(
+        {
+            "id": event.id,
+            "model": event.model,
+            "model_version": model_version,
+            "outputs": outputs,
+            "timing_ms": timing_ms,
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
