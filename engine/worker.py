@@ -32,6 +32,7 @@ class Worker:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics: EngineMetrics = create_metrics(self.registry)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.app = create_app(settings)
         self.pipeline: Pipeline | None = None
         self._building: asyncio.Future[Pipeline] | None = None

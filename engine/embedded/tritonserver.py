@@ -1,0 +1,229 @@
+"""tritonserver 2.51 and its python backend, from the nvidia-pytriton wheel.
+
+tritonserver needs ``nvidia_pytriton.libs`` on ``LD_LIBRARY_PATH``. The python
+backend stub embeds an *isolated* interpreter (``PYTHONPATH``, ``PYTHONHOME``
+and ``PYTHONDONTWRITEBYTECODE`` are ignored) that finds its ``sys.prefix`` by
+looking up ``python3`` on ``PATH``; putting this venv's ``bin`` first on
+``PATH`` gives it the venv's site-packages (numpy). The interpreter's own
+``libpython`` dir goes on ``LD_LIBRARY_PATH`` so the stub links the same
+Python build. Startup with two small models takes ~3 s.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import sysconfig
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.embedded.process import (
+    EmbeddedServerError,
+    ManagedProcess,
+    child_env,
+    package_dir,
+    require_file,
+)
+
+
+@dataclass(frozen=True)
+class TritonPaths:
+    """Where the pieces of tritonserver and its python backend live."""
+
+    binary: Path
+    libs_dir: Path
+    backend_lib: Path
+    backend_utils: Path
+    stub: Path
+    python_bin_dir: Path
+    python_lib_dir: Path | None
+
+    def prepare_backend_dir(self, work_dir: Path) -> Path:
+        """Assemble ``work_dir/backends/python`` (lib, utils, stub); return ``backends``."""
+        backends = work_dir / "backends"
+        python_dir = backends / "python"
+        python_dir.mkdir(parents=True, exist_ok=True)
+        for source in (self.backend_lib, self.backend_utils, self.stub):
+            target = python_dir / source.name
+            if not target.exists() or target.stat().st_size != source.stat().st_size:
+                shutil.copy2(source, target)
+        return backends
+
+
+def _python_lib_dir() -> Path | None:
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if libdir and soname and (Path(libdir) / soname).is_file():
+        return Path(libdir)
+    return None
+
+
+def find_tritonserver() -> TritonPaths:
+    """Locate tritonserver, its libs and the python backend stub for this Python."""
+    pytriton = package_dir("pytriton")
+    dist = pytriton / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    backend = dist / "backends" / "python"
+    return TritonPaths(
+        binary=require_file(dist / "bin" / "tritonserver", "tritonserver"),
+        libs_dir=pytriton.parent / "nvidia_pytriton.libs",
+        backend_lib=require_file(backend / "libtriton_python.so", "python backend"),
+        backend_utils=require_file(backend / "triton_python_backend_utils.py", "backend utils"),
+        stub=require_file(
+            dist / "python_backend_stubs" / version / "triton_python_backend_stub",
+            f"python backend stub for Python {version}",
+        ),
+        python_bin_dir=Path(sys.executable).parent,
+        python_lib_dir=_python_lib_dir(),
+    )
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class TritonProcess:
+    """A running tritonserver."""
+
+    process: ManagedProcess
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    models: tuple[str, ...]
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` for ``tritonclient.grpc``."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` for ``tritonclient.http``."""
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The Prometheus metrics endpoint."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def ready(self) -> bool:
+        """Server ready and every model ready (HTTP health endpoints)."""
+        base = f"http://{self.http_url}/v2"
+        return _http_ok(f"{base}/health/ready") and all(
+            _http_ok(f"{base}/models/{m}/ready") for m in self.models
+        )
+
+    def restart(self, timeout: float = 120) -> None:
+        """Stop (if running) and start again on the same ports."""
+        self.process.stop()
+        self.process.start()
+        self.process.wait_ready(self.ready, timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server."""
+        self.process.stop(timeout)
+
+
+def discover_models(model_repository: Path) -> tuple[str, ...]:
+    """Names of the sub-directories of ``model_repository`` holding a ``config.pbtxt``."""
+    return tuple(sorted(p.parent.name for p in Path(model_repository).glob("*/config.pbtxt")))
+
+
+def _trace_args(otlp_endpoint: str | None) -> list[str]:
+    if not otlp_endpoint:
+        return []
+    settings = [
+        "mode=opentelemetry",
+        f"opentelemetry,url={otlp_endpoint}",
+        "rate=1",
+        "level=TIMESTAMPS",
+    ]
+    return [arg for s in settings for arg in ("--trace-config", s)]
+
+
+def triton_argv(
+    paths: TritonPaths,
+    model_repository: Path,
+    backends: Path,
+    models: Sequence[str],
+    ports: tuple[int, int, int],
+    otlp_endpoint: str | None,
+) -> list[str]:
+    """The tritonserver command line (``ports`` = http, grpc, metrics)."""
+    http_port, grpc_port, metrics_port = ports
+    argv = [
+        str(paths.binary),
+        f"--model-repository={Path(model_repository).resolve()}",
+        f"--backend-directory={backends}",
+        "--model-control-mode=explicit",
+        *(f"--load-model={m}" for m in models),
+        "--http-address=127.0.0.1",
+        f"--http-port={http_port}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={grpc_port}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={metrics_port}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        "--exit-timeout-secs=5",
+        f"--backend-config=python,shm-region-prefix-name=sie-{uuid.uuid4().hex[:8]}-",
+    ]
+    return argv + _trace_args(otlp_endpoint)
+
+
+def start_triton(
+    model_repository: Path,
+    work_dir: Path,
+    *,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    models: Sequence[str] | None = None,
+    otlp_endpoint: str | None = None,
+    timeout: float = 120,
+) -> TritonProcess:
+    """Start tritonserver (CPU, explicit model control) and wait for all models.
+
+    ``models=None`` loads every sub-directory with a ``config.pbtxt``.
+    ``otlp_endpoint`` (an OTLP/HTTP traces URL) turns on OpenTelemetry tracing.
+    """
+    paths = find_tritonserver()
+    work_dir = Path(work_dir)
+    names = tuple(models) if models is not None else discover_models(model_repository)
+    if not names:
+        raise EmbeddedServerError(f"no models in {model_repository}")
+    argv = triton_argv(
+        paths,
+        model_repository,
+        paths.prepare_backend_dir(work_dir),
+        names,
+        (http_port, grpc_port, metrics_port),
+        otlp_endpoint,
+    )
+    lib_dirs = [d for d in (paths.python_lib_dir, paths.libs_dir) if d is not None]
+    env = child_env(
+        {"PYTHONDONTWRITEBYTECODE": "1"},
+        path_prepend=[paths.python_bin_dir],
+        ld_library_prepend=lib_dirs,
+    )
+    process = ManagedProcess(
+        name=f"tritonserver:{grpc_port}",
+        argv=tuple(argv),
+        env=env,
+        log_path=work_dir / f"tritonserver-{grpc_port}.log",
+    )
+    triton = TritonProcess(process, http_port, grpc_port, metrics_port, names)
+    try:
+        process.wait_ready(triton.ready, timeout)
+    except EmbeddedServerError:
+        process.stop()
+        raise
+    return triton

@@ -1,0 +1,96 @@
+"""Synthetic input events for the demo producer, benchmarks and tests.
+
+Feature vectors are drawn from each model's ``reference_profile.json`` (the
+per-feature mean and standard deviation of its training data, written by
+``model_repository/train.py``), so predictions look like real traffic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+
+@dataclass(frozen=True)
+class FeatureProfile:
+    """Per-feature mean and standard deviation of one model's training inputs."""
+
+    model: str
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def load(cls, model_dir: Path) -> FeatureProfile:
+        """Read ``<model_dir>/reference_profile.json``."""
+        doc = json.loads((Path(model_dir) / "reference_profile.json").read_text())
+        features = sorted(doc["features"], key=lambda f: f["index"])
+        return cls(
+            model=Path(model_dir).name,
+            mean=np.array([f["mean"] for f in features], dtype=np.float64),
+            std=np.array([f["std"] for f in features], dtype=np.float64),
+        )
+
+    def sample(self, rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:
+        """``n`` float32 rows; ``shift`` moves every feature by that many std (drift)."""
+        z = rng.standard_normal((n, self.mean.size)) + shift
+        return (self.mean + z * self.std).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class GeneratedEvent:
+    """One encoded event and what produced it."""
+
+    id: str
+    key: bytes
+    value: bytes
+    model: str
+    features: np.ndarray
+
+
+def encode_event(event_id: str, features: np.ndarray, model: str | None = None) -> bytes:
+    """The JSON value of an event using the ``features`` shorthand."""
+    doc: dict[str, object] = {"id": event_id, "features": features}
+    if model is not None:
+        doc["model"] = model
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def generate(
+    profiles: list[FeatureProfile],
+    count: int,
+    *,
+    seed: int = 0,
+    keys: int = 64,
+    prefix: str = "ev",
+    shift: float = 0.0,
+) -> Iterator[GeneratedEvent]:
+    """``count`` events cycling over ``profiles``, keyed ``k0..k{keys-1}``."""
+    rng = np.random.default_rng(seed)
+    chunk = 1024
+    made = 0
+    while made < count:
+        n = min(chunk, count - made)
+        rows = {p.model: p.sample(rng, n, shift) for p in profiles}
+        for i in range(n):
+            profile = profiles[(made + i) % len(profiles)]
+            features = rows[profile.model][i]
+            event_id = f"{prefix}-{made + i}"
+            yield GeneratedEvent(
+                id=event_id,
+                key=f"k{(made + i) % keys}".encode(),
+                value=encode_event(event_id, features, profile.model),
+                model=profile.model,
+                features=features,
+            )
+        made += n
+
+
+def load_profiles(model_repository: Path, models: list[str] | None = None) -> list[FeatureProfile]:
+    """Profiles of ``models`` (default: every model with a profile) in a repository."""
+    dirs = sorted(p.parent for p in Path(model_repository).glob("*/reference_profile.json"))
+    return [FeatureProfile.load(d) for d in dirs if models is None or d.name in models]
