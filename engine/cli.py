@@ -91,7 +91,7 @@ def produce(
     from engine.kafka_tools import iter_json_lines, produce_all
 
     settings = load_settings(**{"kafka.bootstrap_servers": bootstrap, "topics.events": topic})
-    with (file.open() if file else sys.stdin) as stream:
+    with file.open() if file else sys.stdin as stream:
         n = produce_all(settings.kafka.confluent_config(), settings.topics.events, iter_json_lines(stream))
     console.print(f"produced {n} records to {settings.topics.events!r}")
 

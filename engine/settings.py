@@ -108,9 +108,7 @@ class LimitSettings(BaseModel):
 class Settings(BaseSettings):
     """All settings of one worker."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SIE_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="SIE_", env_nested_delimiter="__", extra="ignore")
 
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicSettings = TopicSettings()

@@ -156,4 +156,3 @@ def error_code(err: BaseException) -> str:
     """A bounded label for an error: its gRPC code, else its class name."""
     code = getattr(err, "code", None)
     return str(code) if isinstance(code, str) else type(err).__name__
-

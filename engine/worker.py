@@ -137,4 +137,3 @@ class Worker:
             worker.execute_from_commandline()
         finally:
             server.shutdown()
-

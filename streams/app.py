@@ -32,9 +32,7 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
     protocol = kafka.security_protocol
     context: ssl.SSLContext | None = None
     if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(
-            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
-        )
+        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
         if kafka.ssl_certfile:
             context.load_cert_chain(
                 str(kafka.ssl_certfile),

@@ -76,9 +76,7 @@ def _event_id(doc: dict[str, Any], limits: LimitSettings) -> str:
     if not isinstance(event_id, str) or not event_id:
         raise EventError(Reason.MISSING_ID, f"'id' must be a non-empty string, got {_kind(event_id)}")
     if len(event_id) > limits.max_id_length:
-        raise EventError(
-            Reason.TOO_LARGE, f"'id' is {len(event_id)} characters, over {limits.max_id_length}"
-        )
+        raise EventError(Reason.TOO_LARGE, f"'id' is {len(event_id)} characters, over {limits.max_id_length}")
     return event_id
 
 
@@ -103,15 +101,12 @@ def _raw_inputs(doc: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
         if len(spec.inputs) != 1:
             raise EventError(
                 Reason.INVALID_EVENT,
-                f"'features' is shorthand for one-input models; {spec.name!r} has "
-                f"{len(spec.inputs)} inputs",
+                f"'features' is shorthand for one-input models; {spec.name!r} has {len(spec.inputs)} inputs",
             )
         return {spec.inputs[0].name: doc["features"]}
     inputs = doc.get("inputs")
     if not isinstance(inputs, dict):
-        raise EventError(
-            Reason.MISSING_INPUT, f"'inputs' must be an object of tensors, got {_kind(inputs)}"
-        )
+        raise EventError(Reason.MISSING_INPUT, f"'inputs' must be an object of tensors, got {_kind(inputs)}")
     expected = {t.name for t in spec.inputs}
     missing = sorted(expected - inputs.keys())
     if missing:

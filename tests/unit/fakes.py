@@ -58,8 +58,13 @@ def spec(name: str = "m", n: int = 3, max_batch: int = 8) -> ModelSpec:
     )
 
 
-def raw(value: bytes | None, offset: int = 0, key: bytes | None = b"k",
-        completion: Completion | None = None, headers: tuple[tuple[str, bytes], ...] = ()) -> RawRecord:
+def raw(
+    value: bytes | None,
+    offset: int = 0,
+    key: bytes | None = b"k",
+    completion: Completion | None = None,
+    headers: tuple[tuple[str, bytes], ...] = (),
+) -> RawRecord:
     return RawRecord(
         key=key,
         value=value,
@@ -78,8 +83,9 @@ class FakeBackend:
         self.errors: list[Exception] = []
         self.gate: asyncio.Event | None = None
 
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *,
-                    headers: Mapping[str, str] | None = None) -> InferenceResult:
+    async def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray], *, headers: Mapping[str, str] | None = None
+    ) -> InferenceResult:
         x = inputs["features"]
         self.calls.append((model, len(x)))
         if self.gate is not None:

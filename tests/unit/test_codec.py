@@ -90,12 +90,16 @@ def test_encode_prediction_contract() -> None:
     event = _decode({"id": "a", "features": [1, 2, 3]})
     assert isinstance(event, Event)
     value = encode_prediction(
-        event, "2", {"probabilities": np.array([0.25, 0.75], np.float32)},
+        event,
+        "2",
+        {"probabilities": np.array([0.25, 0.75], np.float32)},
         {"queue": 1.0, "inference": 2.0, "total": 3.5},
     )
     doc = orjson.loads(value)
     assert doc == {
-        "id": "a", "model": "m", "model_version": "2",
+        "id": "a",
+        "model": "m",
+        "model_version": "2",
         "outputs": {"probabilities": [0.25, 0.75]},
         "timing_ms": {"queue": 1.0, "inference": 2.0, "total": 3.5},
     }

@@ -53,8 +53,15 @@ def _chunk(n: int, start: int = 0, bad: set[int] = frozenset(), acked: list[int]
     out = []
     for i in range(start, start + n):
         value = b"{oops" if i in bad else orjson.dumps({"id": f"e{i}", "features": [i, 1, 0]})
-        out.append(raw(value, offset=i, key=f"k{i % 3}".encode(), completion=done,
-                       headers=(("traceparent", b"00-abc-def-01"), ("other", b"x"))))
+        out.append(
+            raw(
+                value,
+                offset=i,
+                key=f"k{i % 3}".encode(),
+                completion=done,
+                headers=(("traceparent", b"00-abc-def-01"), ("other", b"x")),
+            )
+        )
     return out
 
 
