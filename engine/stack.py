@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,7 +97,7 @@ def start_worker(settings: Settings, work_dir: Path, name: str) -> WorkerProcess
         name=name,
         argv=(sys.executable, "-m", "engine.cli", "worker"),
         env=env,
-        log_path=Path(work_dir) / f"{name}.log",
+        log_path=Path(work_dir).resolve() / f"{name}.log",
     )
     return WorkerProcess(name, settings, process)
 
@@ -107,7 +109,7 @@ def worker_settings(base: Settings, index: int, work_dir: Path, metrics_port: in
         update={
             "worker_name": name,
             "metrics_port": metrics_port if metrics_port is not None else free_port(),
-            "data_dir": Path(work_dir) / name,
+            "data_dir": Path(work_dir).resolve() / name,
         }
     )
 
@@ -160,57 +162,109 @@ def copy_model_repository(source: Path, work_dir: Path) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class StackPorts:
+    """Ports of the local stack; ``sie up`` defaults follow each server's convention."""
+
+    kafka: int = 9092
+    triton_http: int = 8000
+    triton_grpc: int = 8001
+    triton_metrics: int = 8002
+    first_worker_metrics: int = 9300
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        """Ports free right now (tests)."""
+        return cls(free_port(), free_port(), free_port(), free_port(), 0)
+
+    def check_free(self, workers: int) -> None:
+        """Raise a clear error naming any port already in use."""
+        wanted = {
+            "Kafka": self.kafka,
+            "Triton HTTP": self.triton_http,
+            "Triton gRPC": self.triton_grpc,
+            "Triton metrics": self.triton_metrics,
+        }
+        if self.first_worker_metrics:
+            wanted |= {f"worker {i + 1} metrics": self.first_worker_metrics + i for i in range(workers)}
+        busy = [f"{name} port {port}" for name, port in wanted.items() if not port_is_free(port)]
+        if busy:
+            raise StackError(
+                "already in use: "
+                + ", ".join(busy)
+                + " (another stack running? stop it or pick other ports)"
+            )
+
+
+class StackError(RuntimeError):
+    """The local stack cannot start as asked."""
+
+
+def port_is_free(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` can be bound now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def start_stack(
     base: Settings,
     work_dir: Path,
     model_repository: Path,
     *,
     workers: int = 2,
-    first_metrics_port: int | None = None,
-    on_step: Any = None,
+    ports: StackPorts | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> Stack:
     """Start broker, create topics, start Triton and ``workers`` workers; wait for all.
 
-    ``on_step(str)`` is called before each step (progress output).
+    ``on_step(message)`` is called before each step (progress output). On any
+    failure everything started so far is stopped again.
     """
+    ports = ports or StackPorts()
+    ports.check_free(workers)
     step = on_step or (lambda _msg: None)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    logs = work_dir / "logs"
     stack = Stack(base, work_dir)
     try:
-        step("starting Kafka broker (tansu)")
-        stack.broker = start_broker(free_port(), work_dir / "logs")
+        step(f"starting Kafka broker (tansu) on 127.0.0.1:{ports.kafka}")
+        stack.broker = start_broker(ports.kafka, logs)
         topics = base.topics
         step(f"creating topics {topics.events}, {topics.predictions}, {topics.dlq}")
-        create_topics(
-            stack.broker.bootstrap,
-            {t: topics.partitions for t in (topics.events, topics.predictions, topics.dlq)},
-        )
-        step("starting Triton Inference Server")
+        names = (topics.events, topics.predictions, topics.dlq)
+        create_topics(stack.broker.bootstrap, {t: topics.partitions for t in names})
+        step(f"starting Triton Inference Server (gRPC {ports.triton_grpc}, HTTP {ports.triton_http})")
         stack.triton = start_triton(
             copy_model_repository(model_repository, work_dir),
-            work_dir / "logs",
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            otlp_endpoint=None,
+            logs,
+            http_port=ports.triton_http,
+            grpc_port=ports.triton_grpc,
+            metrics_port=ports.triton_metrics,
+            otlp_endpoint=base.otlp_endpoint,
         )
-        stack.settings = base.model_copy(
-            update={
-                "kafka": base.kafka.model_copy(update={"bootstrap_servers": stack.broker.bootstrap}),
-                "triton": base.triton.model_copy(
-                    update={"url": stack.triton.grpc_url, "http_url": stack.triton.http_url}
-                ),
-            }
-        )
+        stack.settings = _pointed_at(base, stack.broker, stack.triton)
         for i in range(workers):
-            port = first_metrics_port + i if first_metrics_port else None
             step(f"starting worker {i + 1}/{workers}")
+            port = ports.first_worker_metrics + i if ports.first_worker_metrics else None
             stack.add_worker(port, wait=False)
-        step("waiting for workers to join the group and load model specs")
+        step("waiting for workers to join the consumer group and read model specs")
         for worker in stack.workers:
-            worker.wait_ready(timeout=90)
+            worker.wait_ready(timeout=120)
     except BaseException:
         stack.stop()
         raise
     return stack
+
+
+def _pointed_at(base: Settings, broker: BrokerProcess, triton: TritonProcess) -> Settings:
+    return base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap}),
+            "triton": base.triton.model_copy(update={"url": triton.grpc_url, "http_url": triton.http_url}),
+        }
+    )

@@ -196,7 +196,7 @@ def start_triton(
     ``otlp_endpoint`` (an OTLP/HTTP traces URL) turns on OpenTelemetry tracing.
     """
     paths = find_tritonserver()
-    work_dir = Path(work_dir)
+    work_dir = Path(work_dir).resolve()
     names = tuple(models) if models is not None else discover_models(model_repository)
     if not names:
         raise EmbeddedServerError(f"no models in {model_repository}")

@@ -1,0 +1,163 @@
+"""``sie up``: run the local stack, optionally with a demo producer and a live view."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import numpy as np
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from engine.eventgen import generate, load_profiles
+from engine.loadgen import PacedProducer, PredictionMonitor, SendLog, Snapshot
+from engine.settings import Settings
+from engine.stack import Stack, StackPorts, start_stack
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """What ``sie up`` was asked to do."""
+
+    workers: int = 2
+    model_repository: Path = Path("model_repository")
+    ports: StackPorts = StackPorts()
+    demo_rate: float = 0.0
+    malformed_every: int = 200
+    duration_s: float | None = None
+    report: Path | None = None
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_up(settings: Settings, opts: UpOptions, console: Console) -> int:
+    """Start everything, show endpoints (and the demo), stop everything on Ctrl-C/SIGTERM."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    work_dir = settings.data_dir / "stack"
+    started = time.monotonic()
+    stack = start_stack(
+        settings,
+        work_dir,
+        opts.model_repository,
+        workers=opts.workers,
+        ports=opts.ports,
+        on_step=lambda msg: console.print(f"[cyan]>[/] {msg}"),
+    )
+    try:
+        console.print(f"[green]stack ready in {time.monotonic() - started:.1f}s[/]")
+        console.print(_endpoints(stack))
+        console.print(f"logs: {work_dir / 'logs'} and {work_dir}/<worker>.log; Ctrl-C stops everything")
+        if opts.demo_rate > 0:
+            _demo(stack, opts, console)
+        else:
+            _wait(stack, opts.duration_s, console)
+    except KeyboardInterrupt:
+        console.print("[yellow]stopping...[/]")
+    finally:
+        stack.stop()
+        console.print("[green]stopped[/]")
+    return 0
+
+
+def _endpoints(stack: Stack) -> Table:
+    table = Table(title="endpoints", show_header=False)
+    for name, where in stack.endpoints().items():
+        table.add_row(name, where)
+    t = stack.settings.topics
+    table.add_row("topics", f"{t.events} -> {t.predictions} (dead letters: {t.dlq})")
+    return table
+
+
+def _wait(stack: Stack, duration_s: float | None, console: Console) -> None:
+    deadline = time.monotonic() + duration_s if duration_s else None
+    while deadline is None or time.monotonic() < deadline:
+        _check_alive(stack, console)
+        time.sleep(1.0)
+
+
+def _check_alive(stack: Stack, console: Console) -> None:
+    for worker in stack.workers:
+        if not worker.process.alive:
+            console.print(f"[red]{worker.name} exited[/]; log tail:\n{worker.process.log_tail(2000)}")
+            raise KeyboardInterrupt
+
+
+def _demo(stack: Stack, opts: UpOptions, console: Console) -> None:
+    settings = stack.settings
+    config = settings.kafka.confluent_config()
+    log = SendLog()
+    events = generate(load_profiles(opts.model_repository), 10**12, seed=int(time.time()), keys=64)
+    producer = PacedProducer(
+        config,
+        settings.topics.events,
+        events,
+        opts.demo_rate,
+        log,
+        extra_malformed_every=opts.malformed_every,
+    )
+    monitor = PredictionMonitor(config, settings.topics.predictions, settings.topics.dlq, log)
+    monitor.start()
+    producer.start()
+    started = time.monotonic()
+    deadline = started + opts.duration_s if opts.duration_s else None
+    try:
+        with Live(_view(monitor.snapshot(), opts, 0.0), console=console, refresh_per_second=2) as live:
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(1.0)
+                _check_alive(stack, console)
+                live.update(_view(monitor.snapshot(), opts, time.monotonic() - started))
+    finally:
+        producer.stop()
+        producer.join(10)
+        time.sleep(2.0)  # let the last predictions arrive
+        monitor.stop()
+        monitor.join(10)
+        _summary(monitor, producer, time.monotonic() - started, opts, console)
+
+
+def _view(snap: Snapshot, opts: UpOptions, elapsed: float) -> Table:
+    table = Table(
+        title=f"demo: {opts.demo_rate:.0f} events/s offered, {opts.workers} workers, {elapsed:.0f}s"
+    )
+    for column in ("produced", "predictions", "dead letters", "predictions/s", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(snap.produced),
+        str(snap.predictions),
+        str(snap.dead_letters),
+        f"{snap.predictions_per_s:,.0f}",
+        f"{snap.p50_ms:.1f}",
+        f"{snap.p95_ms:.1f}",
+        f"{snap.p99_ms:.1f}",
+    )
+    return table
+
+
+def _summary(
+    monitor: PredictionMonitor, producer: PacedProducer, elapsed: float, opts: UpOptions, console: Console
+) -> None:
+    lat = np.array(monitor.latencies[len(monitor.latencies) // 10 :]) * 1000.0  # skip warm-up
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99]) if lat.size else (float("nan"),) * 3
+    summary = {
+        "offered_rate": opts.demo_rate,
+        "workers": opts.workers,
+        "seconds": round(elapsed, 1),
+        "produced": producer.produced,
+        "predictions": monitor.predictions,
+        "dead_letters": monitor.dead_letters,
+        "events_per_s": round((monitor.predictions + monitor.dead_letters) / elapsed, 1),
+        "p50_ms": round(float(p50), 2),
+        "p95_ms": round(float(p95), 2),
+        "p99_ms": round(float(p99), 2),
+    }
+    console.print("summary: " + json.dumps(summary))
+    if opts.report:
+        opts.report.parent.mkdir(parents=True, exist_ok=True)
+        opts.report.write_text(json.dumps(summary, indent=2) + "\n")
