@@ -117,6 +117,40 @@ def tail(
             break
 
 
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes to start.")] = 2,
+    demo_rate: Annotated[float, typer.Option(help="Publish synthetic events at this rate (0: none).")] = 0.0,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after N seconds (default: Ctrl-C).")] = None,
+    model_repository: Annotated[Path, typer.Option(help="Model repository.")] = Path("model_repository"),
+    kafka_port: Annotated[int, typer.Option(help="Broker port.")] = 9092,
+    triton_http_port: Annotated[int, typer.Option(help="Triton HTTP port.")] = 8000,
+    triton_grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = 8001,
+    triton_metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
+    metrics_port: Annotated[int, typer.Option(help="First worker's /metrics port (+1 per worker).")] = 9300,
+    otlp_endpoint: Annotated[
+        Optional[str], typer.Option(help="OTLP/HTTP traces URL for workers and Triton.")
+    ] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write the demo summary (JSON) here.")] = None,
+) -> None:
+    """Start the local stack (tansu, tritonserver, workers) as processes; Ctrl-C stops it."""
+    from engine.stack import StackPorts
+    from engine.up import UpOptions, run_up
+
+    settings = load_settings(**{"otlp_endpoint": otlp_endpoint})
+    _logging("WARNING")
+    ports = StackPorts(kafka_port, triton_http_port, triton_grpc_port, triton_metrics_port, metrics_port)
+    opts = UpOptions(
+        workers=workers,
+        model_repository=model_repository,
+        ports=ports,
+        demo_rate=demo_rate,
+        duration_s=duration,
+        report=report,
+    )
+    raise typer.Exit(run_up(settings, opts, console))
+
+
 @app.command("settings")
 def show_settings() -> None:
     """Print the effective settings (secrets redacted)."""
