@@ -1,0 +1,46 @@
+# Streaming inference engine - everything runs from a local virtualenv.
+#   make demo   set up and run the local stack with a demo producer and a live view
+#   make test   lint, type-check, and run unit, integration and chaos tests on real servers
+#   make bench  benchmark report (docs/benchmarks.md, reports/bench/)
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_RATE ?= 1000
+WORKERS ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint unit integration chaos bench bench-quick models clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (the tritonserver python stub is built for 3.11); set PYTHON=..."; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[local,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sie up --workers $(WORKERS) --demo-rate $(DEMO_RATE)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy engine streams observability
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration -q $(PYTEST_ARGS)
+
+chaos: $(STAMP)
+	$(BIN)/python -m pytest tests/chaos -q $(PYTEST_ARGS)
+
+test: lint $(STAMP)
+	$(BIN)/python -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)
+
+models: $(STAMP)
+	$(BIN)/python model_repository/train.py
+
+clean:
+	rm -rf .sie reports .mypy_cache .pytest_cache .ruff_cache
