@@ -29,6 +29,7 @@ from engine.settings import BatchSettings, TopicSettings
 from engine.sink import Sink
 from engine.triton import InferenceBackend, error_code
 from observability.metrics import EngineMetrics
+from observability.tracing import NO_TRACING, PipelineTracing
 from streams.codec import DecodeContext, decode, encode_prediction
 from streams.dlq import dead_letter_record
 
@@ -48,6 +49,7 @@ class PipelineParts:
     topics: TopicSettings
     batch: BatchSettings
     metrics: EngineMetrics
+    tracing: PipelineTracing = NO_TRACING
 
 
 class Pipeline:
@@ -87,6 +89,7 @@ class Pipeline:
         consumed = self._p.metrics.events_consumed
         dead: list[DeadLetter] = []
         for record in records:
+            self._p.tracing.received(record)
             item = decode(record, self.decode_ctx)
             if isinstance(item, Event):
                 self._batcher.add(item)
@@ -137,13 +140,16 @@ class Pipeline:
         async with self._in_flight:
             metrics.in_flight.inc()
             sent_at = self._clock.now()
+            headers = self._p.tracing.batch_headers(batch)
             try:
                 result = await self._p.retrier.call(
-                    lambda: self._p.backend.infer(batch.model, batch.stacked_inputs())
+                    lambda: self._p.backend.infer(batch.model, batch.stacked_inputs(), headers=headers)
                 )
                 error = None
+                self._p.tracing.batch_done(batch)
             except FatalError as err:
                 metrics.triton_errors.labels(error_code(err)).inc()
+                self._p.tracing.batch_done(batch, err)
                 result, error = None, DeadLetter(batch.events[0].record, err.reason, str(err))
             finally:
                 metrics.in_flight.dec()
@@ -189,7 +195,8 @@ class Pipeline:
             outputs = {name: arr[i] for name, arr in result.outputs.items()}
             value = encode_prediction(event, result.model_version, outputs, timing)
             headers = tuple((k, v) for k, v in rec.headers if k in PROPAGATED_HEADERS)
-            records.append(OutRecord(topic=topic, key=rec.key, value=value, headers=headers))
+            out = OutRecord(topic=topic, key=rec.key, value=value, headers=headers)
+            records.append(self._p.tracing.outgoing(rec, out))
         future = await self._p.sink.send(records)
         future.add_done_callback(lambda _f: self._predictions_delivered(outcome))
 
@@ -204,17 +211,20 @@ class Pipeline:
             ts = event.record.source.timestamp_ms
             if ts:
                 latency.observe(max(now_ms - ts, 0.0) / 1000.0)
+            self._p.tracing.finished(event.record)
             event.record.completion.done()
         self._track(-len(batch))
 
     async def _send_dead(self, letters: Sequence[DeadLetter]) -> None:
         topic = self._p.topics.dlq
-        future = await self._p.sink.send([dead_letter_record(d, topic) for d in letters])
+        outgoing = self._p.tracing.outgoing
+        future = await self._p.sink.send([outgoing(d.record, dead_letter_record(d, topic)) for d in letters])
         future.add_done_callback(lambda _f: self._dead_delivered(letters))
 
     def _dead_delivered(self, letters: Sequence[DeadLetter]) -> None:
         counter = self._p.metrics.dead_letters
         for letter in letters:
             counter.labels(letter.reason.value).inc()
+            self._p.tracing.finished(letter.record, letter.reason.value)
             letter.record.completion.done()
         self._track(-len(letters))
