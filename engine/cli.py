@@ -10,9 +10,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
+from engine.models_cli import models_app
 from engine.settings import Settings
 
 app = typer.Typer(help="Streaming inference engine: Kafka events -> Triton -> Kafka predictions.")
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
 Bootstrap = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers.")]

@@ -1,0 +1,221 @@
+"""``sie models``: list, validate, deploy, promote and roll back model versions.
+
+Defaults fit the embedded stack of ``sie up``: the repository is the copy
+Triton serves, ``<data_dir>/stack/model_repository`` (``SIE_DATA_DIR``,
+default ``.sie``), and Triton is ``SIE_TRITON__URL`` (default
+``127.0.0.1:8001``, the port ``sie up`` uses). Point ``--repository`` at the
+directory *your* Triton serves (``--model-repository``) for any other setup.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import EngineError
+from engine.repository import (
+    CONFIG_FILE,
+    Problem,
+    RepositoryError,
+    backend_of,
+    deploy,
+    errors,
+    model_dirs,
+    parse_config,
+    policy_kind,
+    selected_versions,
+    validate_repository,
+    version_dirs,
+)
+from engine.settings import Settings, TritonSettings
+
+if TYPE_CHECKING:
+    from engine.model_control import ModelControl
+
+models_app = typer.Typer(help="Model repository: list, validate, deploy, promote, roll back.")
+console = Console()
+err_console = Console(stderr=True)
+
+RepoOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--repository",
+        "-r",
+        help="Model repository Triton serves [default: <data_dir>/stack/model_repository, as `sie up`].",
+    ),
+]
+TritonOpt = Annotated[
+    Optional[str],
+    typer.Option("--triton-url", help="Triton gRPC host:port [default: SIE_TRITON__URL or 127.0.0.1:8001]."),
+]
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def repository_path(repository: Path | None) -> Path:
+    """The repository to work on: the option, else the one ``sie up`` serves."""
+    return repository if repository is not None else _settings().data_dir / "stack" / "model_repository"
+
+
+def triton_settings(url: str | None) -> TritonSettings:
+    """Triton connection settings from the environment, with ``--triton-url`` applied."""
+    triton = _settings().triton
+    return triton.model_copy(update={"url": url}) if url else triton
+
+
+def _fail(err: Exception) -> typer.Exit:
+    problems = err.problems if isinstance(err, RepositoryError) else ()
+    for p in problems:
+        err_console.print(f"[red]error[/] {p}")
+    if not problems:
+        err_console.print(f"[red]error[/] {err}")
+    return typer.Exit(1)
+
+
+def _control(repository: Path, triton_url: str | None) -> ModelControl:
+    from engine.model_control import ModelControl
+
+    return ModelControl(triton_settings(triton_url), repository)
+
+
+@models_app.command("list")
+def list_models(
+    repository: RepoOpt = None,
+    triton_url: TritonOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Models on disk, their versions and policy, and what Triton serves (if reachable)."""
+    repo = repository_path(repository)
+    served: dict[str, dict[int, str]] | None = None
+    try:
+        control = _control(repo, triton_url)
+        served = control.index()
+        control.close()
+    except EngineError as err:
+        err_console.print(f"[yellow]Triton not reachable ({err}); showing the repository only[/]")
+    rows: list[dict[str, Any]] = []
+    for model_dir in model_dirs(repo):
+        try:
+            config = parse_config(model_dir / CONFIG_FILE)
+        except RepositoryError as err:
+            raise _fail(err) from None
+        on_disk = version_dirs(model_dir)
+        states = (served or {}).get(model_dir.name, {})
+        rows.append(
+            {
+                "model": model_dir.name,
+                "backend": backend_of(config),
+                "versions": on_disk,
+                "policy": policy_kind(config),
+                "policy_versions": selected_versions(config, on_disk),
+                "served": None if served is None else sorted(v for v, s in states.items() if s == "READY"),
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps({"repository": str(repo), "models": rows}, indent=2))
+        return
+    table = Table(title=f"models in {repo}")
+    for col in ("model", "backend", "versions on disk", "policy", "served by Triton"):
+        table.add_column(col)
+    for r in rows:
+        shown = "?" if r["served"] is None else ", ".join(map(str, r["served"])) or "-"
+        policy = f"{r['policy']} {r['policy_versions']}"
+        table.add_row(r["model"], r["backend"], ", ".join(map(str, r["versions"])), policy, shown)
+    console.print(table)
+
+
+@models_app.command()
+def validate(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Models to check (default: all).")] = None,
+    repository: RepoOpt = None,
+) -> None:
+    """Parse each config.pbtxt with Triton's ModelConfig and check every version's files."""
+    repo = repository_path(repository)
+    results = validate_repository(repo, names or ())
+    failed = False
+    for name, problems in results.items():
+        for p in problems:
+            colour = "red" if p.severity == "error" else "yellow"
+            console.print(f"[{colour}]{p.severity}[/] {p}")
+        if errors(problems):
+            failed = True
+        else:
+            console.print(f"[green]ok[/] {name}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@models_app.command("deploy")
+def deploy_cmd(
+    name: Annotated[str, typer.Argument(help="Model to add a version to.")],
+    path: Annotated[Path, typer.Argument(help="A version directory, or a model dir (its highest version).")],
+    version: Annotated[Optional[int], typer.Option(help="Version number [default: next].")] = None,
+    repository: RepoOpt = None,
+    promote: Annotated[bool, typer.Option(help="Promote it right after deploying.")] = False,
+    triton_url: TritonOpt = None,
+) -> None:
+    """Add PATH as the next numbered version of NAME, atomically; served only once promoted."""
+    repo = repository_path(repository)
+    try:
+        result = deploy(repo, name, path, version)
+    except (EngineError, OSError) as err:
+        raise _fail(err) from None
+    if result.pinned is not None:
+        console.print(f"pinned {name}'s version policy to {list(result.pinned)} (was latest/all)")
+    console.print(f"[green]deployed[/] {name} version {result.version} at {result.path}")
+    if promote:
+        promote_cmd(name, result.version, repository=repo, triton_url=triton_url)
+
+
+@models_app.command("promote")
+def promote_cmd(
+    name: Annotated[str, typer.Argument(help="Model.")],
+    version: Annotated[Optional[int], typer.Argument(help="Version [default: highest on disk].")] = None,
+    keep_previous: Annotated[
+        bool, typer.Option(help="Keep the previous version loaded too (A/B between versions).")
+    ] = False,
+    repository: RepoOpt = None,
+    triton_url: TritonOpt = None,
+) -> None:
+    """Load VERSION while the current one serves, then switch to it."""
+    repo = repository_path(repository)
+    try:
+        control = _control(repo, triton_url)
+        switch = control.promote(name, version, keep_previous=keep_previous)
+        control.close()
+    except EngineError as err:
+        raise _fail(err) from None
+    console.print(
+        f"[green]promoted[/] {name}: served {list(switch.before)} -> {list(switch.after)} "
+        f"in {switch.seconds:.1f}s"
+    )
+
+
+@models_app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="Model.")],
+    to: Annotated[Optional[int], typer.Option(help="Version [default: the one below the served].")] = None,
+    repository: RepoOpt = None,
+    triton_url: TritonOpt = None,
+) -> None:
+    """Serve the previous version again (same zero-downtime switch as promote)."""
+    repo = repository_path(repository)
+    try:
+        control = _control(repo, triton_url)
+        switch = control.rollback(name, to)
+        control.close()
+    except EngineError as err:
+        raise _fail(err) from None
+    console.print(
+        f"[green]rolled back[/] {name}: served {list(switch.before)} -> {list(switch.after)} "
+        f"in {switch.seconds:.1f}s"
+    )
+
+
+__all__ = ["Problem", "models_app"]
