@@ -11,18 +11,24 @@ from prometheus_client import CollectorRegistry
 
 from engine.clock import LoopClock
 from engine.errors import RetryableError
+from engine.identity import IdentityBackend
 from engine.modelspec import ModelSpec
 from engine.pipeline import Pipeline, PipelineParts
 from engine.retry import CircuitBreaker, CircuitState, Retrier
 from engine.settings import Settings
 from engine.sink import KafkaSink
 from engine.triton import TritonBackend, error_code
+from observability.faust_sensor import ConsumerLag, EngineSensor
 from observability.metrics import EngineMetrics, create_metrics
+from observability.otel_setup import configure_tracing
 from observability.server import serve
+from observability.tracing import INSTRUMENTATION, NO_TRACING, OtelTracing, PipelineTracing
 from streams.app import Submit, add_inference_agent, create_app
 from streams.codec import DecodeContext
 
 log = logging.getLogger(__name__)
+
+LAG_INTERVAL_S = 2.0
 
 
 class Worker:
@@ -40,6 +46,10 @@ class Worker:
         self._triton_ok = False
         add_inference_agent(self.app, settings, self._submit)
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
+        self.app.sensors.add(EngineSensor(self.metrics))
+        lag = ConsumerLag(self.app, self.metrics, [settings.topics.events])
+        self.app.timer(interval=LAG_INTERVAL_S, traced=False, name="consumer-lag")(lag.update)
+        self.tracing: PipelineTracing = NO_TRACING
 
     async def _submit(self) -> Submit:
         if self._building is None:
@@ -50,6 +60,9 @@ class Worker:
     async def _build(self) -> Pipeline:
         settings = self.settings
         self.backend = backend = TritonBackend(settings.triton)
+        if settings.triton.identity:
+            log.warning("SIE_TRITON__IDENTITY is set: inference is skipped (benchmark mode)")
+            backend = IdentityBackend(backend)  # type: ignore[assignment]
         specs = await self._wait_for_models(backend)
         self._note_versions(await backend.model_versions())
         clock = LoopClock()
@@ -66,6 +79,7 @@ class Worker:
             topics=settings.topics,
             batch=settings.batch,
             metrics=metrics,
+            tracing=self.tracing,
         )
         pipeline = Pipeline(parts, clock)
         await pipeline.start()
@@ -126,6 +140,9 @@ class Worker:
         """Serve metrics and run the Faust worker until it is stopped (SIGTERM/SIGINT)."""
         server = serve(self.settings.metrics_port, self.registry, self.readiness)
         log.info("metrics and health on :%d", server.server_port)
+        provider = configure_tracing(self.settings)
+        if provider is not None:
+            self.tracing = OtelTracing(provider.get_tracer(INSTRUMENTATION))
         worker = faust.Worker(
             self.app,
             loglevel=self.settings.log_level.lower(),
@@ -137,3 +154,5 @@ class Worker:
             worker.execute_from_commandline()
         finally:
             server.shutdown()
+            if provider is not None:
+                provider.shutdown()  # exports the spans still queued
