@@ -53,6 +53,10 @@ class EngineMetrics:
     circuit_state: Gauge
     triton_up: Gauge
     model_version: Gauge
+    # Fed by Faust's sensor hooks (observability.faust_sensor).
+    stream_buffer_full: Counter
+    rebalances: Counter
+    commit_latency: Histogram
 
 
 def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> EngineMetrics:
@@ -94,4 +98,15 @@ def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> Engin
         circuit_state=gauge("circuit_state", "Triton circuit: 0 closed, 1 half-open, 2 open."),
         triton_up=gauge("triton_up", "1 when Triton answered the last request or probe."),
         model_version=gauge("model_version_info", "1 for each model version in use.", ("model", "version")),
+        stream_buffer_full=counter(
+            "stream_buffer_full", "Times Faust paused a partition: its stream buffer was full.", ("topic",)
+        ),
+        rebalances=counter("rebalances", "Consumer group rebalances this worker went through.", ()),
+        commit_latency=Histogram(
+            "commit_seconds",
+            "Time Faust took to commit offsets.",
+            namespace=namespace,
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        ),
     )
