@@ -106,6 +106,41 @@ class LimitSettings(BaseModel):
     max_id_length: int = Field(256, gt=0)
 
 
+class RouteTarget(BaseModel):
+    """A Triton model and optionally a pinned version ("" = the version Triton serves)."""
+
+    model: str
+    version: str = ""
+
+
+class ArmSettings(RouteTarget):
+    """One arm of an A/B split: a name (written to the output's ``arm``), a target, a weight."""
+
+    name: str
+    weight: float = Field(1.0, gt=0)
+
+
+class RoutingSettings(BaseModel):
+    """Model routing (docs/models.md); complex values are JSON in the environment, e.g.
+    ``SIE_ROUTING__EXPERIMENTS='{"breast_cancer": [{"name": "a", "model": "breast_cancer",
+    "version": "1"}, {"name": "b", "model": "breast_cancer", "version": "2"}]}'``."""
+
+    topic_models: dict[str, str] = {}  # extra input topic -> its default model
+    experiments: dict[str, list[ArmSettings]] = {}  # requested model name -> A/B arms
+    shadows: dict[str, list[RouteTarget]] = {}  # served model -> shadow targets (best effort)
+    shadow_topic: str = "predictions.shadow"
+    shadow_max_in_flight: int = Field(2, gt=0)
+
+
+class DriftSettings(BaseModel):
+    """Drift of live inputs/scores against ``<reference_dir>/<model>/reference_profile.json``."""
+
+    reference_dir: Path | None = None  # None: drift monitoring off
+    window: int = Field(2000, gt=0)  # events kept per model
+    min_samples: int = Field(500, gt=0)  # no gauge before this many
+    every: int = Field(250, gt=0)  # recompute after this many new events
+
+
 class Settings(BaseSettings):
     """All settings of one worker."""
 
@@ -117,6 +152,8 @@ class Settings(BaseSettings):
     batch: BatchSettings = BatchSettings()
     retry: RetrySettings = RetrySettings()
     limits: LimitSettings = LimitSettings()
+    routing: RoutingSettings = RoutingSettings()
+    drift: DriftSettings = DriftSettings()
     metrics_port: int = Field(9300, ge=0)
     worker_name: str = "sie-worker"
     data_dir: Path = Path(".sie")

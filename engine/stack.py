@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, SecretStr
+from pydantic_core import to_json
 
 from engine.embedded import (
     BrokerProcess,
@@ -38,6 +39,8 @@ ENV_PREFIX = "SIE_"
 
 
 def _env_value(value: Any) -> str:
+    if isinstance(value, (dict, list, tuple, BaseModel)):  # complex fields are JSON in the env
+        return to_json(value).decode()
     return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
 
