@@ -142,7 +142,8 @@ class PredictionMonitor(threading.Thread):
         self._stop_flag = threading.Event()
         self._lock = threading.Lock()
         self._recent: deque[tuple[float, float]] = deque()  # (arrival, latency s)
-        self.latencies: list[float] = []  # every matched latency, seconds
+        self.samples: list[tuple[float, float]] = []  # (arrival, latency s) of every matched output
+        self.arrivals: list[float] = []  # arrival time of every output (predictions and dead letters)
         self.predictions = 0
         self.dead_letters = 0
         self.unmatched = 0
@@ -166,13 +167,34 @@ class PredictionMonitor(threading.Thread):
         )
         try:
             while not self._stop_flag.is_set():
-                for msg in consumer.consume(1000, 0.1):
+                # poll() returns as soon as one record is there; consume(n, 0) takes the rest
+                # without waiting (consume(n, timeout) would wait for n records or the timeout).
+                first = consumer.poll(0.1)
+                if first is None:
+                    continue
+                now = time.monotonic()
+                for msg in [first, *consumer.consume(1000, 0)]:
                     if not msg.error():
-                        self._on_message(msg.topic() or "", msg.value(), time.monotonic())
+                        self._on_message(msg.topic() or "", msg.value(), now)
         finally:
             consumer.close()
 
+    @property
+    def latencies(self) -> list[float]:
+        """Every matched latency, seconds, in arrival order."""
+        with self._lock:
+            return [lat for _, lat in self.samples]
+
+    def window(self, start: float, end: float) -> tuple[int, np.ndarray]:
+        """Outputs that arrived in ``[start, end)`` and their latencies (seconds)."""
+        with self._lock:
+            arrived = sum(1 for t in self.arrivals if start <= t < end)
+            lat = np.array([lat for t, lat in self.samples if start <= t < end])
+        return arrived, lat
+
     def _on_message(self, topic: str, value: bytes | None, now: float) -> None:
+        with self._lock:
+            self.arrivals.append(now)
         if topic == self._topics[0]:
             self.predictions += 1
             event_id = orjson.loads(value or b"{}").get("id")
@@ -183,7 +205,7 @@ class PredictionMonitor(threading.Thread):
             latency = now - sent
             with self._lock:
                 self._recent.append((now, latency))
-                self.latencies.append(latency)
+                self.samples.append((now, latency))
         else:
             self.dead_letters += 1
 

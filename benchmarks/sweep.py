@@ -1,0 +1,131 @@
+"""Latency against offered rate, from low load to saturation, for one running system."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from benchmarks.systems import RunningSystem
+from engine.eventgen import GeneratedEvent
+from engine.loadgen import PacedProducer, PredictionMonitor, SendLog
+
+
+@dataclass(frozen=True)
+class Level:
+    """One offered rate held for a while, and what came out."""
+
+    offered: float
+    achieved: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    samples: int
+
+    def as_dict(self) -> dict[str, float]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """How long each level lasts and when to stop."""
+
+    level_s: float = 6.0
+    warmup_s: float = 1.0
+    factor: float = 1.6
+    max_rate: float = 40_000.0
+    saturated_ratio: float = 0.85  # achieved/offered below this -> saturated
+    max_p99_ms: float = 2_000.0
+
+
+class Sweeper:
+    """Drives one system: prime, then levels of rising rate until saturation."""
+
+    def __init__(
+        self,
+        system: RunningSystem,
+        events: Iterator[GeneratedEvent],
+        config: SweepConfig,
+        progress: Callable[[str], None],
+    ) -> None:
+        self._system, self._events, self._cfg, self._progress = system, events, config, progress
+        kafka = system.settings.kafka.confluent_config()
+        topics = system.settings.topics
+        self._config, self._topic = kafka, topics.events
+        self._log = SendLog()
+        self._monitor = PredictionMonitor(kafka, topics.predictions, topics.dlq, self._log)
+        self._monitor.start()
+
+    def close(self) -> None:
+        """Stop the reader."""
+        self._monitor.stop()
+        self._monitor.join(5)
+
+    def prime(self, timeout: float = 120.0) -> None:
+        """Send a trickle until outputs flow (group joined, models read)."""
+        deadline = time.monotonic() + timeout
+        producer = self._producer(20.0)
+        try:
+            while self._monitor.predictions + self._monitor.dead_letters < 20:
+                if not self._system.alive():
+                    raise RuntimeError("system died while starting:\n" + self._system.log_tail())
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no outputs within {timeout:.0f}s:\n{self._system.log_tail()}")
+                time.sleep(0.2)
+        finally:
+            producer.stop()
+            producer.join(5)
+        self._settle(5.0)
+
+    def run_level(self, rate: float, seconds: float | None = None) -> Level:
+        """Offer ``rate`` events/s for a level; measure after the warm-up."""
+        seconds = seconds or self._cfg.level_s
+        producer = self._producer(rate)
+        start = time.monotonic()
+        time.sleep(seconds)
+        producer.stop()
+        producer.join(10)
+        end = time.monotonic()
+        arrived, lat = self._monitor.window(start + self._cfg.warmup_s, end)
+        achieved = arrived / max(end - start - self._cfg.warmup_s, 1e-6)
+        p50, p95, p99 = np.percentile(lat * 1000.0, [50, 95, 99]) if lat.size else (float("nan"),) * 3
+        level = Level(rate, round(achieved, 1), float(p50), float(p95), float(p99), int(lat.size))
+        self._progress(f"offered {rate:,.0f}/s -> {achieved:,.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        self._settle(15.0)
+        return level
+
+    def sweep(self, start_rate: float) -> list[Level]:
+        """Rising levels until the system saturates (or ``max_rate``)."""
+        levels: list[Level] = []
+        rate = start_rate
+        while rate <= self._cfg.max_rate:
+            level = self.run_level(rate)
+            levels.append(level)
+            saturated = level.achieved < self._cfg.saturated_ratio * rate
+            if saturated or not level.p99_ms < self._cfg.max_p99_ms:
+                break
+            rate = round(rate * self._cfg.factor, -1)
+        return levels
+
+    def _producer(self, rate: float) -> PacedProducer:
+        producer = PacedProducer(self._config, self._topic, self._events, rate, self._log)
+        producer.start()
+        return producer
+
+    def _settle(self, timeout: float) -> None:
+        """Wait until nearly every sent event has come back (the backlog drains)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            outstanding = self._log.sent - self._monitor.predictions - self._monitor.dead_letters
+            if outstanding <= 5:
+                return
+            time.sleep(0.1)
+
+
+def max_sustainable(levels: list[Level]) -> float:
+    """The highest achieved rate among levels that kept up (else the highest achieved)."""
+    kept = [lv.achieved for lv in levels if lv.achieved >= 0.95 * lv.offered]
+    return max(kept or [lv.achieved for lv in levels] or [0.0])

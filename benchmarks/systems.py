@@ -1,0 +1,105 @@
+"""The systems under test, each started as real processes against a shared broker and Triton."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.embedded import ManagedProcess, child_env, create_topics
+from engine.settings import Settings
+from engine.stack import WorkerProcess, settings_env, start_worker, worker_settings
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One line of the report: how to start it and where its sweep starts."""
+
+    name: str
+    kind: str  # engine | passthrough | naive | raw
+    workers: int = 1
+    start_rate: float = 500.0
+
+
+SYSTEMS = (
+    SystemSpec("raw client bound", "raw"),
+    SystemSpec("pass-through bound", "passthrough"),
+    SystemSpec("naive baseline", "naive", start_rate=50.0),
+    SystemSpec("engine, 1 worker", "engine", 1),
+    SystemSpec("engine, 2 workers", "engine", 2),
+)
+
+
+@dataclass
+class RunningSystem:
+    """Processes of one system and the settings (topics) they use."""
+
+    spec: SystemSpec
+    settings: Settings
+    processes: list[ManagedProcess] = field(default_factory=list)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        """Whether every process still runs."""
+        return all(p.alive for p in self.processes) and all(w.process.alive for w in self.workers)
+
+    def log_tail(self) -> str:
+        """Log tails of every process (for errors)."""
+        procs = self.processes + [w.process for w in self.workers]
+        return "\n".join(f"--- {p.name}\n{p.log_tail(1500)}" for p in procs)
+
+    def stop(self) -> None:
+        """Stop everything (SIGTERM, then SIGKILL)."""
+        for w in self.workers:
+            w.stop(timeout=20)
+        for p in self.processes:
+            p.stop(timeout=10)
+
+
+def fresh_settings(base: Settings, spec: SystemSpec, work_dir: Path) -> Settings:
+    """``base`` with fresh topics and group for ``spec``; creates the topics."""
+    tag = f"{spec.kind}{spec.workers}-{uuid.uuid4().hex[:6]}"
+    settings = base.model_copy(
+        update={
+            "topics": base.topics.model_copy(
+                update={
+                    "events": f"bench-{tag}",
+                    "predictions": f"bench-{tag}.out",
+                    "dlq": f"bench-{tag}.dlq",
+                }
+            ),
+            "kafka": base.kafka.model_copy(update={"group_id": f"bench-{tag}"}),
+            "triton": base.triton.model_copy(update={"identity": spec.kind == "passthrough"}),
+            "worker_name": f"bench-{tag}",
+            "data_dir": work_dir / tag,
+        }
+    )
+    t = settings.topics
+    create_topics(
+        settings.kafka.bootstrap_servers, {n: t.partitions for n in (t.events, t.predictions, t.dlq)}
+    )
+    return settings
+
+
+def start_system(spec: SystemSpec, base: Settings, work_dir: Path) -> RunningSystem:
+    """Start ``spec``'s processes (not waiting: the sweep primes the pipeline first)."""
+    settings = fresh_settings(base, spec, work_dir)
+    running = RunningSystem(spec, settings)
+    if spec.kind in ("engine", "passthrough"):
+        for i in range(spec.workers):
+            ws = worker_settings(settings, i + 1, work_dir)
+            running.workers.append(start_worker(ws, work_dir, ws.worker_name))
+    else:
+        module = {"naive": "benchmarks.naive_agent", "raw": "benchmarks.raw_client"}[spec.kind]
+        repo_root = Path(__file__).resolve().parents[1]
+        env = child_env(settings_env(settings) | {"PYTHONPATH": str(repo_root)})
+        running.processes.append(
+            ManagedProcess(
+                name=f"{spec.kind}-{settings.worker_name}",
+                argv=(sys.executable, "-m", module),
+                env=env,
+                log_path=work_dir.resolve() / f"{settings.worker_name}.log",
+            )
+        )
+    return running
