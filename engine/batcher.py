@@ -14,6 +14,11 @@ from engine.clock import Cancellable, Clock
 from engine.records import Batch, Event
 
 
+def batch_key(event: Event) -> str:
+    """Events share a batch when they go to the same model and pinned version."""
+    return f"{event.model}\0{event.version}" if event.version else event.model
+
+
 class _Open:
     __slots__ = ("events", "opened_at", "timer")
 
@@ -56,15 +61,15 @@ class MicroBatcher:
 
     def add(self, event: Event) -> None:
         """Add one event; flushes its model's batch if that fills it."""
-        batch = self._open.get(event.model)
+        key = batch_key(event)
+        batch = self._open.get(key)
         if batch is None:
-            batch = self._open[event.model] = _Open(self._clock.now())
+            batch = self._open[key] = _Open(self._clock.now())
             if self._max_delay > 0:
-                model = event.model
-                batch.timer = self._clock.call_later(self._max_delay, lambda: self._expire(model, batch))
+                batch.timer = self._clock.call_later(self._max_delay, lambda: self._expire(key, batch))
         batch.events.append(event)
         if len(batch.events) >= self.limit_for(event.model) or self._max_delay <= 0:
-            self.flush(event.model)
+            self.flush(key)
 
     def add_all(self, events: Iterable[Event]) -> None:
         """Add events in order."""
@@ -72,13 +77,15 @@ class MicroBatcher:
             self.add(event)
 
     def flush(self, model: str) -> None:
-        """Close and emit ``model``'s open batch, if any."""
+        """Close and emit the open batch of ``model`` (a :func:`batch_key`), if any."""
         batch = self._open.pop(model, None)
         if batch is None:
             return
         if batch.timer is not None:
             batch.timer.cancel()
-        self._emit(Batch(model=model, events=tuple(batch.events), opened_at=batch.opened_at))
+        first = batch.events[0]
+        events, opened = tuple(batch.events), batch.opened_at
+        self._emit(Batch(model=first.model, events=events, opened_at=opened, version=first.version))
 
     def flush_all(self) -> None:
         """Emit every open batch, oldest first."""

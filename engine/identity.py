@@ -30,6 +30,7 @@ class IdentityBackend:
         inputs: Mapping[str, np.ndarray],
         *,
         headers: Mapping[str, str] | None = None,
+        version: str = "",
     ) -> InferenceResult:
         """Zero outputs of the model's declared shapes, one row per input row."""
         rows = len(next(iter(inputs.values())))

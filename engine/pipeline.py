@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from engine.batcher import MicroBatcher
 from engine.clock import Clock, LoopClock
 from engine.errors import FatalError
+from engine.lifecycle import NO_MODEL_HOOKS, ModelHooks
 from engine.records import Batch, BatchOutcome, DeadLetter, Event, OutRecord, RawRecord
 from engine.retry import Retrier
 from engine.settings import BatchSettings, TopicSettings
@@ -50,6 +51,7 @@ class PipelineParts:
     batch: BatchSettings
     metrics: EngineMetrics
     tracing: PipelineTracing = NO_TRACING
+    models: ModelHooks = NO_MODEL_HOOKS  # versions, A/B counts, drift, shadows (engine/lifecycle.py)
 
 
 class Pipeline:
@@ -134,6 +136,7 @@ class Pipeline:
         self._outstanding += 1
         task = asyncio.ensure_future(self._infer(batch))
         self._fifo.put_nowait((batch, task))
+        self._p.models.on_dispatch(batch)
 
     async def _infer(self, batch: Batch) -> BatchOutcome:
         metrics = self._p.metrics
@@ -141,9 +144,12 @@ class Pipeline:
             metrics.in_flight.inc()
             sent_at = self._clock.now()
             headers = self._p.tracing.batch_headers(batch)
+            pinned = {"version": batch.version} if batch.version else {}  # A/B arm on a version
             try:
                 result = await self._p.retrier.call(
-                    lambda: self._p.backend.infer(batch.model, batch.stacked_inputs(), headers=headers)
+                    lambda: self._p.backend.infer(
+                        batch.model, batch.stacked_inputs(), headers=headers, **pinned
+                    )
                 )
                 error = None
                 self._p.tracing.batch_done(batch)
@@ -214,6 +220,7 @@ class Pipeline:
             self._p.tracing.finished(event.record)
             event.record.completion.done()
         self._track(-len(batch))
+        self._p.models.on_delivered(batch, result)
 
     async def _send_dead(self, letters: Sequence[DeadLetter]) -> None:
         topic = self._p.topics.dlq

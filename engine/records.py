@@ -81,6 +81,8 @@ class Event:
     model: str
     inputs: Mapping[str, np.ndarray]
     record: RawRecord
+    version: str = ""  # pinned by routing ("" = the version Triton serves)
+    arm: str = ""  # A/B arm chosen by routing, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class Batch:
     model: str
     events: tuple[Event, ...]
     opened_at: float
+    version: str = ""  # the events' pinned version ("" = Triton's choice)
 
     def __len__(self) -> int:
         return len(self.events)

@@ -39,8 +39,9 @@ class InferenceBackend(Protocol):
         inputs: Mapping[str, np.ndarray],
         *,
         headers: Mapping[str, str] | None = None,
+        version: str = "",
     ) -> InferenceResult:
-        """Run one batch; raises RetryableError or FatalError subclasses."""
+        """Run one batch (on ``version``, else the one Triton picks); raises RetryableError or FatalError."""
 
     async def model_specs(self) -> dict[str, ModelSpec]:
         """Specs of every model that is ready to serve."""
@@ -91,6 +92,7 @@ class TritonBackend:
         inputs: Mapping[str, np.ndarray],
         *,
         headers: Mapping[str, str] | None = None,
+        version: str = "",
     ) -> InferenceResult:
         """Send one batch and return outputs with the batch axis first."""
         request = []
@@ -102,6 +104,7 @@ class TritonBackend:
             response = await self._client.infer(
                 model,
                 request,
+                model_version=version,
                 client_timeout=self._settings.request_timeout_s,
                 headers=dict(headers) if headers else None,
             )

@@ -12,9 +12,11 @@ from prometheus_client import CollectorRegistry
 from engine.clock import LoopClock
 from engine.errors import RetryableError
 from engine.identity import IdentityBackend
+from engine.lifecycle import NO_MODEL_HOOKS, ModelHooks, build_model_hooks
 from engine.modelspec import ModelSpec
 from engine.pipeline import Pipeline, PipelineParts
 from engine.retry import CircuitBreaker, CircuitState, Retrier
+from engine.routing import Router, input_topics
 from engine.settings import Settings
 from engine.sink import KafkaSink
 from engine.triton import TritonBackend, error_code
@@ -47,9 +49,10 @@ class Worker:
         add_inference_agent(self.app, settings, self._submit)
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         self.app.sensors.add(EngineSensor(self.metrics))
-        lag = ConsumerLag(self.app, self.metrics, [settings.topics.events])
+        lag = ConsumerLag(self.app, self.metrics, input_topics(settings))
         self.app.timer(interval=LAG_INTERVAL_S, traced=False, name="consumer-lag")(lag.update)
         self.tracing: PipelineTracing = NO_TRACING
+        self.model_hooks: ModelHooks = NO_MODEL_HOOKS
 
     async def _submit(self) -> Submit:
         if self._building is None:
@@ -70,7 +73,10 @@ class Worker:
         breaker = CircuitBreaker(settings.retry, clock, on_change=self._on_circuit)
         retrier = Retrier(settings.retry, clock, breaker, on_retry=self._on_retry)
         sink = KafkaSink(settings.kafka.confluent_config() | {"linger.ms": str(settings.kafka.linger_ms)})
-        ctx = DecodeContext(models=specs, default_model=settings.triton.default_model, limits=settings.limits)
+        router = Router(settings.routing, settings.triton.default_model)
+        ctx = DecodeContext(specs, settings.triton.default_model, settings.limits, router=router)
+        gauge = self.metrics.model_version
+        self.model_hooks = await build_model_hooks(settings, router, specs, backend, gauge, self.registry)
         parts = PipelineParts(
             decode_ctx=ctx,
             backend=backend,
@@ -80,6 +86,7 @@ class Worker:
             batch=settings.batch,
             metrics=metrics,
             tracing=self.tracing,
+            models=self.model_hooks,
         )
         pipeline = Pipeline(parts, clock)
         await pipeline.start()
@@ -124,6 +131,7 @@ class Worker:
         if self.pipeline is not None:
             await self.pipeline.stop(timeout=30.0)
             await self._sink.close()
+            await self.model_hooks.close()
         if self.backend is not None:
             await self.backend.close()
 

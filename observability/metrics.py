@@ -110,3 +110,59 @@ def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> Engin
             buckets=LATENCY_BUCKETS,
         ),
     )
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """Metrics of A/B routing, shadow models and drift (engine/lifecycle.py, engine/drift.py)."""
+
+    ab_predictions: Counter
+    shadow_predictions: Counter
+    drift_psi: Gauge
+    drift_score_psi: Gauge
+    drift_window: Gauge
+
+
+def create_model_metrics(registry: CollectorRegistry, namespace: str = "sie") -> ModelMetrics:
+    """Create and register the model-lifecycle metrics on ``registry``.
+
+    ``feature`` label values are the feature names of each model's reference
+    profile (a bounded set shipped with the model), never event data.
+    """
+    return ModelMetrics(
+        ab_predictions=Counter(
+            "ab_predictions",
+            "Predictions delivered per A/B arm.",
+            ("model", "version", "arm"),
+            namespace=namespace,
+            registry=registry,
+        ),
+        shadow_predictions=Counter(
+            "shadow_predictions",
+            "Shadow-model batches' events by outcome: ok, error (inference or delivery) or dropped.",
+            ("model", "outcome"),
+            namespace=namespace,
+            registry=registry,
+        ),
+        drift_psi=Gauge(
+            "drift_psi",
+            "Population stability index of a live input feature against the model's reference profile.",
+            ("model", "feature"),
+            namespace=namespace,
+            registry=registry,
+        ),
+        drift_score_psi=Gauge(
+            "drift_score_psi",
+            "Population stability index of the model's live score against its reference profile.",
+            ("model",),
+            namespace=namespace,
+            registry=registry,
+        ),
+        drift_window=Gauge(
+            "drift_window_events",
+            "Live events in the model's drift window.",
+            ("model",),
+            namespace=namespace,
+            registry=registry,
+        ),
+    )

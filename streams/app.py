@@ -20,6 +20,7 @@ import faust
 from faust.types import EventT
 
 from engine.records import Completion, RawRecord, SourceRef
+from engine.routing import input_topics
 from engine.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ def add_inference_agent(
     get_submit: Callable[[], Awaitable[Submit]],
 ) -> None:
     """Register the agent reading the input topic; ``get_submit`` yields the pipeline's entry."""
-    topic = app.topic(settings.topics.events, key_type=bytes, value_type=bytes, internal=False)
+    topics = input_topics(settings)  # the events topic, then routing.topic_models' topics
+    topic = app.topic(*topics, key_type=bytes, value_type=bytes, internal=False)
     chunk = max(settings.batch.max_size, 1)
     within = max(settings.batch.max_delay_ms / 1000.0, 0.001)
 

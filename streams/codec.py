@@ -4,7 +4,8 @@ The event contract (see README):
 
 * input value: ``{"id": str, "model": str?, "inputs": {NAME: nested list}}``,
   or ``"features": [...]`` as shorthand for a model with one input;
-* output value: ``{"id", "model", "model_version", "outputs", "timing_ms"}``.
+* output value: ``{"id", "model", "model_version", "outputs", "timing_ms"}``,
+  plus ``"arm"`` when an A/B experiment routed the event (engine/routing.py).
 
 Decoding never raises on bad input: it returns a :class:`DeadLetter` whose
 reason is one of :class:`engine.errors.Reason`. Payloads are only ever parsed
@@ -23,6 +24,7 @@ import orjson
 from engine.errors import EventError, Reason
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event, RawRecord
+from engine.routing import Route, Router
 from engine.settings import LimitSettings
 
 _NUMERIC_KINDS = frozenset("iuf")
@@ -35,6 +37,7 @@ class DecodeContext:
     models: Mapping[str, ModelSpec]
     default_model: str
     limits: LimitSettings
+    router: Router | None = None  # None: the event's model, else default_model
 
 
 def decode(record: RawRecord, ctx: DecodeContext) -> Event | DeadLetter:
@@ -61,10 +64,10 @@ def _decode(record: RawRecord, ctx: DecodeContext) -> Event:
     if not isinstance(doc, dict):
         raise EventError(Reason.INVALID_EVENT, f"value must be a JSON object, got {_kind(doc)}")
     event_id = _event_id(doc, ctx.limits)
-    spec = _model(doc, ctx)
+    spec, route = _model(doc, ctx, record, event_id)
     raw_inputs = _raw_inputs(doc, spec)
     inputs = {t.name: _tensor(raw_inputs, t, ctx.limits) for t in spec.inputs}
-    return Event(id=event_id, model=spec.name, inputs=inputs, record=record)
+    return Event(event_id, spec.name, inputs, record, version=route.version, arm=route.arm)
 
 
 def _kind(value: Any) -> str:
@@ -80,17 +83,22 @@ def _event_id(doc: dict[str, Any], limits: LimitSettings) -> str:
     return event_id
 
 
-def _model(doc: dict[str, Any], ctx: DecodeContext) -> ModelSpec:
+def _model(
+    doc: dict[str, Any], ctx: DecodeContext, record: RawRecord, event_id: str
+) -> tuple[ModelSpec, Route]:
     name = doc.get("model")
-    if name is None:
-        name = ctx.default_model
-    elif not isinstance(name, str):
+    if name is not None and not isinstance(name, str):
         raise EventError(Reason.INVALID_EVENT, f"'model' must be a string, got {_kind(name)}")
+    if ctx.router is not None:
+        route = ctx.router.route(record.source.topic, name, record.key or event_id.encode())
+    else:
+        route = Route(name if name is not None else ctx.default_model)
+    name = route.model
     spec = ctx.models.get(name)
     if spec is None:
         shown = name if len(name) <= 64 else name[:64] + "..."
         raise EventError(Reason.UNKNOWN_MODEL, f"model {shown!r} is not served")
-    return spec
+    return spec, route
 
 
 def _raw_inputs(doc: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
@@ -170,14 +178,14 @@ def encode_prediction(
     outputs: Mapping[str, np.ndarray],
     timing_ms: Mapping[str, float],
 ) -> bytes:
-    """The JSON value of one prediction record."""
-    return orjson.dumps(
-        {
-            "id": event.id,
-            "model": event.model,
-            "model_version": model_version,
-            "outputs": outputs,
-            "timing_ms": timing_ms,
-        },
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
+    """The JSON value of one prediction record (with ``arm`` when A/B routing chose one)."""
+    doc: dict[str, Any] = {
+        "id": event.id,
+        "model": event.model,
+        "model_version": model_version,
+        "outputs": outputs,
+        "timing_ms": timing_ms,
+    }
+    if event.arm:
+        doc["arm"] = event.arm
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

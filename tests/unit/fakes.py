@@ -84,7 +84,12 @@ class FakeBackend:
         self.gate: asyncio.Event | None = None
 
     async def infer(
-        self, model: str, inputs: Mapping[str, np.ndarray], *, headers: Mapping[str, str] | None = None
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        headers: Mapping[str, str] | None = None,
+        version: str = "",
     ) -> InferenceResult:
         x = inputs["features"]
         self.calls.append((model, len(x)))
@@ -93,7 +98,8 @@ class FakeBackend:
         if self.errors:
             raise self.errors.pop(0)
         s = x.sum(axis=1, keepdims=True)
-        return InferenceResult(model=model, model_version="1", outputs={"probabilities": np.hstack([s, -s])})
+        outputs = {"probabilities": np.hstack([s, -s])}
+        return InferenceResult(model=model, model_version=version or "1", outputs=outputs)
 
     async def model_specs(self) -> dict[str, ModelSpec]:
         return {"m": spec()}
