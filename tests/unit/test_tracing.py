@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from engine.errors import InferenceFailed
 from engine.pipeline import Pipeline, PipelineParts
-from engine.records import Completion, InferenceResult, OutRecord
+from engine.records import Completion, Headers, InferenceResult, OutRecord, RawRecord
 from engine.retry import CircuitBreaker, Retrier
 from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
 from observability.metrics import create_metrics
@@ -41,10 +42,15 @@ class HeaderBackend(FakeBackend):
         self.headers: list[Mapping[str, str] | None] = []
 
     async def infer(
-        self, model: str, inputs: Mapping[str, np.ndarray], *, headers: Mapping[str, str] | None = None
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
     ) -> InferenceResult:
         self.headers.append(headers)
-        return await super().infer(model, inputs, headers=headers)
+        return await super().infer(model, inputs, headers=headers, **kwargs)
 
 
 @pytest.fixture
@@ -75,7 +81,7 @@ def _pipeline(backend: FakeBackend, sink: FakeSink, tracing: OtelTracing, max_si
     return Pipeline(parts, clock)
 
 
-def _records(n: int, headers: list[tuple[tuple[str, bytes], ...]], bad: frozenset[int] = frozenset()):  # type: ignore[no-untyped-def]
+def _records(n: int, headers: Sequence[Headers], bad: frozenset[int] = frozenset()) -> list[RawRecord]:
     done = Completion(n, lambda: None)
     return [
         raw(
@@ -88,7 +94,7 @@ def _records(n: int, headers: list[tuple[tuple[str, bytes], ...]], bad: frozense
     ]
 
 
-async def _run(pipeline: Pipeline, records: list) -> None:  # type: ignore[type-arg]
+async def _run(pipeline: Pipeline, records: list[RawRecord]) -> None:
     await pipeline.start()
     await pipeline.submit(records)
     assert await pipeline.drain(5)
@@ -107,6 +113,7 @@ def _header(out: OutRecord, name: str) -> str:
 
 def _traceparent_of(span: ReadableSpan) -> str:
     ctx = span.get_span_context()
+    assert ctx is not None
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
 
 
