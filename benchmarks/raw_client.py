@@ -27,7 +27,7 @@ def main() -> None:
     config = settings.kafka.confluent_config()
     consumer = Consumer(
         {
-            **config,
+            **settings.kafka.consumer_config(),
             "group.id": settings.kafka.group_id,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": int(settings.kafka.session_timeout_s * 1000),

@@ -56,7 +56,8 @@ class Sweeper:
         topics = system.settings.topics
         self._config, self._topic = kafka, topics.events
         self._log = SendLog()
-        self._monitor = PredictionMonitor(kafka, topics.predictions, topics.dlq, self._log)
+        consumer = system.settings.kafka.consumer_config()
+        self._monitor = PredictionMonitor(consumer, topics.predictions, topics.dlq, self._log)
         self._monitor.start()
 
     def close(self) -> None:

@@ -111,7 +111,7 @@ def tail(
 
     settings = load_settings(**{"kafka.bootstrap_servers": bootstrap})
     records = consume(
-        settings.kafka.confluent_config(), topic, from_beginning=from_beginning, idle_timeout=idle_timeout
+        settings.kafka.consumer_config(), topic, from_beginning=from_beginning, idle_timeout=idle_timeout
     )
     for n, msg in enumerate(records, 1):
         typer.echo(describe(msg))
@@ -139,7 +139,8 @@ def up(
     from engine.stack import StackPorts
     from engine.up import UpOptions, run_up
 
-    settings = load_settings(**{"otlp_endpoint": otlp_endpoint})
+    # tansu holds every fetch for the full fetch wait: keep it short on the local stack.
+    settings = load_settings(**{"otlp_endpoint": otlp_endpoint, "kafka.fetch_max_wait_ms": 5})
     _logging("WARNING")
     ports = StackPorts(kafka_port, triton_http_port, triton_grpc_port, triton_metrics_port, metrics_port)
     opts = UpOptions(

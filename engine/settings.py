@@ -33,6 +33,9 @@ class KafkaSettings(BaseModel):
     max_poll_records: int = Field(2000, gt=0)
     linger_ms: int = Field(2, ge=0)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # Longest a fetch may wait for data. Kafka answers early when data is there;
+    # brokers that always wait (the local tansu) need it small: `sie up` and the tests use 5.
+    fetch_max_wait_ms: int = Field(100, ge=1, le=30_000)
 
     def confluent_config(self) -> dict[str, str]:
         """librdkafka properties for the connection and security settings."""
@@ -53,6 +56,10 @@ class KafkaSettings(BaseModel):
         if self.sasl_password is not None:
             cfg["sasl.password"] = self.sasl_password.get_secret_value()
         return cfg
+
+    def consumer_config(self) -> dict[str, str]:
+        """librdkafka properties for a consumer (connection, security, fetch wait)."""
+        return self.confluent_config() | {"fetch.wait.max.ms": str(self.fetch_max_wait_ms)}
 
 
 class TopicSettings(BaseModel):

@@ -102,7 +102,9 @@ def _demo(stack: Stack, opts: UpOptions, console: Console) -> None:
         log,
         extra_malformed_every=opts.malformed_every,
     )
-    monitor = PredictionMonitor(config, settings.topics.predictions, settings.topics.dlq, log)
+    monitor = PredictionMonitor(
+        settings.kafka.consumer_config(), settings.topics.predictions, settings.topics.dlq, log
+    )
     monitor.start()
     producer.start()
     started = time.monotonic()

@@ -22,6 +22,7 @@ from faust.types import EventT
 from engine.records import Completion, RawRecord, SourceRef
 from engine.routing import input_topics
 from engine.settings import KafkaSettings, Settings
+from streams.transport import EngineApp
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def create_app(settings: Settings) -> faust.App:
     """A Faust app configured from ``settings`` (the app id is the consumer group)."""
     kafka = settings.kafka
     hosts = ";".join(f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(","))
-    return faust.App(
+    app = EngineApp(
         kafka.group_id,
         broker=hosts,
         broker_credentials=faust_credentials(kafka),
@@ -74,6 +75,8 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(settings.data_dir / "faust"),
         loghandlers=[],
     )
+    app.fetch_max_wait_ms = kafka.fetch_max_wait_ms
+    return app
 
 
 def to_raw(events: Sequence[EventT], completion: Completion, now: float) -> list[RawRecord]:

@@ -70,6 +70,7 @@ def collect(
             "bootstrap.servers": bootstrap,
             "group.id": f"it-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
         }
     )
     metadata = consumer.list_topics(timeout=10)

@@ -1,0 +1,191 @@
+"""``python -m benchmarks.run`` (``sie bench``, ``make bench``): every system in one run.
+
+Starts one tansu broker and one tritonserver, measures Triton alone with
+perf_analyzer, then for each system (raw client, pass-through, naive agent,
+engine with 1 and 2 workers) sweeps the offered rate from low load to
+saturation, and writes reports/bench/bench.json, reports/bench/latency.png and
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from benchmarks.perf import PerfPoint, run_perf
+from benchmarks.report import machine, write_json, write_markdown, write_plot
+from benchmarks.sweep import Level, SweepConfig, Sweeper, max_sustainable
+from benchmarks.systems import SYSTEMS, SystemSpec, start_system
+from engine.embedded import create_topics, free_port, start_broker, start_triton
+from engine.eventgen import generate, load_profiles
+from engine.settings import Settings
+from engine.stack import copy_model_repository
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "breast_cancer"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Command-line options."""
+
+    quick: bool
+    out: Path
+    docs: Path
+    systems: tuple[str, ...]
+    perf: bool
+
+
+def parse(argv: Sequence[str] | None) -> BenchOptions:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(prog="sie bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter levels, fewer batch sizes (~4 min)")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
+    kinds = sorted({s.kind for s in SYSTEMS})
+    parser.add_argument("--only", nargs="*", default=[], help=f"system kinds to run: {kinds}")
+    parser.add_argument("--no-perf", action="store_true", help="skip perf_analyzer")
+    args = parser.parse_args(argv)
+    return BenchOptions(args.quick, args.out, args.docs, tuple(args.only), not args.no_perf)
+
+
+def bench_system(
+    spec: SystemSpec, base: Settings, work: Path, config: SweepConfig, console: Console
+) -> dict[str, Any]:
+    """Start one system, sweep it, stop it."""
+    console.rule(spec.name)
+    system = start_system(spec, base, work)
+    events = generate(load_profiles(REPO / "model_repository", [MODEL]), 10**9, seed=1, keys=256)
+    sweeper = Sweeper(system, events, config, lambda msg: console.print(f"  {msg}"))
+    try:
+        sweeper.prime()
+        levels = sweeper.sweep(spec.start_rate)
+        best = max_sustainable(levels)
+        half = None
+        if spec.kind == "engine":
+            half = sweeper.run_level(round(best / 2, -1), config.level_s * 1.5)
+    finally:
+        sweeper.close()
+        system.stop()
+    at_max = max(
+        (lv for lv in levels if lv.achieved >= 0.95 * lv.offered), key=lambda lv: lv.achieved, default=None
+    )
+    return {
+        "max_sustainable": best,
+        "levels": [lv.as_dict() for lv in levels],
+        "at_max": at_max.as_dict() if at_max else None,
+        "half_load": half.as_dict() if half else None,
+    }
+
+
+def targets(systems: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 7's targets as measured in this run."""
+    out: list[dict[str, Any]] = []
+    eng = systems.get("engine, 1 worker")
+    if eng is None:
+        return out
+    e = eng["max_sustainable"]
+
+    def ratio(name: str, want: float, label: str) -> None:
+        other = systems.get(name)
+        if other and other["max_sustainable"]:
+            r = e / other["max_sustainable"]
+            out.append({"target": label, "measured": f"{r:.2f}x", "met": r >= want})
+
+    ratio("pass-through bound", 0.8, "engine (1 worker) >= 0.8 x pass-through bound")
+    ratio("naive baseline", 20.0, "engine >= 20 x naive baseline")
+    ratio("raw client bound", 0.0, "engine as a fraction of the raw client bound (report only)")
+    half: Level | dict[str, Any] | None = eng.get("half_load")
+    if isinstance(half, dict):
+        out.append(
+            {
+                "target": "p99 <= 25 ms at 50% of max sustainable rate",
+                "measured": f"{half['p99_ms']:.1f} ms at {half['offered']:,.0f}/s",
+                "met": half["p99_ms"] <= 25.0,
+            }
+        )
+    out.append({"target": ">= 20,000 events/s per worker", "measured": f"{e:,.0f}/s", "met": e >= 20_000})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and write the reports."""
+    opts = parse(argv)
+    console = Console()
+    started, t0 = time.strftime("%Y-%m-%d %H:%M"), time.monotonic()
+    config = SweepConfig(level_s=3.0, factor=2.0) if opts.quick else SweepConfig()
+    work = (opts.out / "work").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    console.print("[cyan]>[/] starting tansu and tritonserver")
+    broker = start_broker(free_port(), work)
+    triton = start_triton(
+        copy_model_repository(REPO / "model_repository", work),
+        work,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        models=[MODEL],
+    )
+    base = Settings(
+        kafka={
+            "bootstrap_servers": broker.bootstrap,
+            "session_timeout_s": 6.0,
+            "heartbeat_interval_s": 0.5,
+            "fetch_max_wait_ms": 5,
+        },
+        triton={"url": triton.grpc_url, "http_url": triton.http_url, "default_model": MODEL},
+        log_level="WARNING",
+    )
+    create_topics(broker.bootstrap, {"bench-warmup": 1})
+    report: dict[str, Any] = {"machine": machine(), "started": started, "quick": opts.quick, "model": MODEL}
+    report |= {"partitions": base.topics.partitions, "systems": {}, "triton_bound": [], "notes": []}
+    sample = next(generate(load_profiles(REPO / "model_repository", [MODEL]), 1))
+    report["event_bytes"] = len(sample.value)
+    try:
+        if opts.perf:
+            report["triton_bound"] = [p.as_dict() for p in _perf(triton.grpc_url, work, opts.quick, console)]
+        for spec in SYSTEMS:
+            if opts.systems and spec.kind not in opts.systems:
+                continue
+            report["systems"][spec.name] = bench_system(spec, base, work, config, console)
+    finally:
+        triton.stop()
+        broker.stop()
+    report["targets"] = targets(report["systems"])
+    report["seconds"] = time.monotonic() - t0
+    json_path, plot = opts.out / "bench.json", opts.out / "latency.png"
+    write_json(report, json_path)
+    write_plot(report, plot)
+    write_markdown(
+        report, opts.docs, plot, json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path
+    )
+    console.print(f"[green]wrote[/] {json_path}, {plot}, {opts.docs} in {report['seconds']:.0f}s")
+    for t in report["targets"]:
+        console.print(f"  {'ok ' if t['met'] else 'NO '} {t['target']}: {t['measured']}")
+    return 0
+
+
+def _perf(grpc_url: str, work: Path, quick: bool, console: Console) -> list[PerfPoint]:
+    console.rule("Triton bound (perf_analyzer)")
+    points = []
+    for batch in (1, 64, 256) if quick else (1, 16, 64, 128, 256):
+        try:
+            point = run_perf(grpc_url, MODEL, batch, 4, work)
+        except RuntimeError as err:
+            console.print(f"  [red]batch {batch}: {err}[/]")
+            continue
+        console.print(
+            f"  batch {batch}: {point.inferences_per_s:,.0f} inferences/s, p99 {point.p99_ms:.1f} ms"
+        )
+        points.append(point)
+    return points
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
