@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +280,12 @@ def test_grafana_provisioning_points_at_the_mounted_dashboards_and_prometheus(
         for source in doc.get("datasources", []):
             host, port = host_port(source["url"])
             assert host in services and port in container_ports(services[host])
+
+
+def test_every_variable_the_production_docs_name_is_a_setting() -> None:
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- section:production -->")
+    text = readme[start : readme.find("\n## ", start)] + (REPO / "docs" / "production.md").read_text()
+    named = set(re.findall(r"\bSIE_[A-Z0-9_]*[A-Z0-9](?![A-Z0-9_*])", text))
+    assert len(named) >= 10
+    assert named <= settings_env_names(), named - settings_env_names()
