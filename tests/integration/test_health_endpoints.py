@@ -1,0 +1,76 @@
+"""/healthz and /readyz of a real `sie worker` against the real broker and tritonserver."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from engine.embedded import free_port
+from engine.settings import Settings
+from engine.stack import WorkerProcess
+from tests.integration.conftest import StartWorker
+
+pytestmark = pytest.mark.integration
+
+Response = tuple[int, dict[str, Any]]
+
+
+def http_get(worker: WorkerProcess, path: str) -> Response | None:
+    """(status, JSON body) of GET ``path`` on the worker's metrics port; None if nothing answers."""
+    url = f"http://127.0.0.1:{worker.settings.metrics_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def poll(
+    worker: WorkerProcess, path: str, until: Callable[[Response], bool], timeout: float = 90
+) -> Response:
+    """GET ``path`` until ``until(response)``; fails with the worker's log if it dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    last: Response | None = None
+    while time.monotonic() < deadline:
+        assert worker.process.alive, f"worker exited:\n{worker.process.log_tail()}"
+        last = http_get(worker, path)
+        if last is not None and until(last):
+            return last
+        time.sleep(0.5)
+    pytest.fail(f"{path} never matched (last {last}):\n{worker.process.log_tail()}")
+
+
+def test_ready_worker_is_alive_and_reports_its_assigned_partitions(
+    stack_settings: Settings, workers: StartWorker
+) -> None:
+    worker = workers(stack_settings)  # returns once /readyz answered 200
+
+    assert http_get(worker, "/healthz") == (200, {"status": "alive"})
+    code, body = poll(worker, "/readyz", lambda r: r[0] == 200)
+    assert body["ready"] is True and body["triton"] is True
+    assert 0 < body["assigned_partitions"] <= stack_settings.topics.partitions
+
+
+def test_worker_is_alive_but_not_ready_while_triton_is_unreachable(
+    stack_settings: Settings, workers: StartWorker
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens here
+    settings = stack_settings.model_copy(
+        update={"triton": stack_settings.triton.model_copy(update={"url": nowhere, "http_url": nowhere})}
+    )
+    worker = workers(settings, wait=False)
+
+    poll(worker, "/healthz", lambda r: r[0] == 200)
+    # Wait until the group has given it partitions, so only Triton can be what keeps it unready.
+    code, body = poll(worker, "/readyz", lambda r: r[1].get("assigned_partitions", 0) > 0)
+    assert code == 503
+    assert body["ready"] is False and body["triton"] is False
+    assert http_get(worker, "/healthz") == (200, {"status": "alive"})
