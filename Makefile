@@ -13,6 +13,8 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint unit integration chaos bench bench-quick models clean
 
+BENCH_STAMP := $(VENV)/.installed-bench
+
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (the tritonserver python stub is built for 3.11); set PYTHON=..."; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +40,16 @@ chaos: $(STAMP)
 
 test: lint $(STAMP)
 	$(BIN)/python -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[local,dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/sie bench
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/sie bench --quick
 
 models: $(STAMP)
 	$(BIN)/python model_repository/train.py

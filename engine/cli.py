@@ -154,6 +154,19 @@ def up(
     raise typer.Exit(run_up(settings, opts, console))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Benchmark the engine against its bounds (runs benchmarks/run.py; see --help there)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "run.py").is_file():
+        console.print("[red]sie bench needs a source checkout (benchmarks/ beside engine/)[/]")
+        raise typer.Exit(2)
+    argv = [sys.executable, "-m", "benchmarks.run", *ctx.args]
+    raise typer.Exit(subprocess.call(argv, cwd=root))
+
+
 @app.command("settings")
 def show_settings() -> None:
     """Print the effective settings (secrets redacted)."""
