@@ -64,6 +64,7 @@ def stack_settings(broker: BrokerProcess, triton: TritonProcess, tmp_path: Path)
         },
         topics={"events": f"ev-{tag}", "predictions": f"pred-{tag}", "dlq": f"dlq-{tag}", "partitions": 4},
         triton={"url": triton.grpc_url, "http_url": triton.http_url},
+        drift={"reference_dir": MODEL_REPOSITORY},  # drift windows on, as in production
         worker_name=f"w-{tag}",
         data_dir=tmp_path / "data",
     )
