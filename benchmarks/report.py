@@ -80,15 +80,17 @@ def write_markdown(report: dict[str, Any], path: Path, plot: Path, json_path: Pa
         "",
         f"Model `{report['model']}` ({report['partitions']} partitions, JSON events of about "
         f"{report['event_bytes']} bytes). Latency is end to end: producer hand-off of the event to the "
-        "prediction read back from the output topic (same clock, same process).",
+        "prediction read back from the output topic (same clock, same process). Percentiles in the first "
+        "table are those of the highest offered rate the system kept up with.",
         "",
-        "| system | max sustainable events/s | p50 ms | p95 ms | p99 ms (at the highest level kept up) |",
-        "|---|---:|---:|---:|---:|",
+        "| system | max sustainable events/s | max events/s with p99 <= 25 ms | p50 ms | p95 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, s in report["systems"].items():
         at = s.get("at_max") or {}
         lines.append(
-            f"| {name} | {_fmt(s['max_sustainable'], 0)} | {_fmt(at.get('p50_ms'))} | "
+            f"| {name} | {_fmt(s['max_sustainable'], 0)} | {_fmt(s.get('max_within_slo'), 0)} | "
+            f"{_fmt(at.get('p50_ms'))} | "
             f"{_fmt(at.get('p95_ms'))} | {_fmt(at.get('p99_ms'))} |"
         )
     lines += ["", "Triton bound (`perf_analyzer`, gRPC, concurrency 4):", ""]

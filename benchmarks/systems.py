@@ -20,6 +20,9 @@ class SystemSpec:
     kind: str  # engine | passthrough | naive | raw
     workers: int = 1
     start_rate: float = 500.0
+    delay_ms: float | None = None  # fixed micro-batch deadline (None: the settings default)
+    adaptive: bool = False
+    quick: bool = True  # part of --quick runs
 
 
 SYSTEMS = (
@@ -28,6 +31,9 @@ SYSTEMS = (
     SystemSpec("naive baseline", "naive", start_rate=50.0),
     SystemSpec("engine, 1 worker", "engine", 1),
     SystemSpec("engine, 2 workers", "engine", 2),
+    SystemSpec("engine, 1 worker, adaptive (SLO 25 ms)", "engine", 1, adaptive=True),
+    SystemSpec("engine, 1 worker, fixed 1 ms deadline", "engine", 1, delay_ms=1.0, quick=False),
+    SystemSpec("engine, 1 worker, fixed 20 ms deadline", "engine", 1, delay_ms=20.0, quick=False),
 )
 
 
@@ -59,7 +65,7 @@ class RunningSystem:
 
 def fresh_settings(base: Settings, spec: SystemSpec, work_dir: Path) -> Settings:
     """``base`` with fresh topics and group for ``spec``; creates the topics."""
-    tag = f"{spec.kind}{spec.workers}-{uuid.uuid4().hex[:6]}"
+    tag = f"{spec.kind}{spec.workers}{'a' if spec.adaptive else ''}-{uuid.uuid4().hex[:6]}"
     settings = base.model_copy(
         update={
             "topics": base.topics.model_copy(
@@ -71,6 +77,10 @@ def fresh_settings(base: Settings, spec: SystemSpec, work_dir: Path) -> Settings
             ),
             "kafka": base.kafka.model_copy(update={"group_id": f"bench-{tag}"}),
             "triton": base.triton.model_copy(update={"identity": spec.kind == "passthrough"}),
+            "batch": base.batch.model_copy(
+                update={"adaptive": spec.adaptive}
+                | ({"max_delay_ms": spec.delay_ms} if spec.delay_ms is not None else {})
+            ),
             "worker_name": f"bench-{tag}",
             "data_dir": work_dir / tag,
         }

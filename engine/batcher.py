@@ -49,6 +49,15 @@ class MicroBatcher:
         self._model_max = dict(model_max_sizes or {})
         self._open: dict[str, _Open] = {}
 
+    @property
+    def max_delay(self) -> float:
+        """The current deadline, seconds."""
+        return self._max_delay
+
+    def set_max_delay(self, seconds: float) -> None:
+        """Change the deadline of batches opened from now on (adaptive batching)."""
+        self._max_delay = max(seconds, 0.0)
+
     def limit_for(self, model: str) -> int:
         """The batch size limit for ``model``: ours, capped by the model's own."""
         cap = self._model_max.get(model, 0)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.adaptive import AdaptiveBatching, AdaptiveConfig, run_controller
 from engine.batcher import MicroBatcher
 from engine.clock import Clock, LoopClock
 from engine.errors import FatalError
@@ -78,10 +79,14 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._emitter: asyncio.Task[None] | None = None
+        self._adaptive = _adaptive_controller(parts, self._batcher)
+        self._controller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start the emitter."""
+        """Start the emitter (and the adaptive batching controller, if configured)."""
         self._emitter = asyncio.create_task(self._emit_loop(), name="pipeline-emitter")
+        if self._adaptive is not None:
+            self._controller = asyncio.create_task(run_controller(self._adaptive), name="adaptive-batching")
 
     async def submit(self, records: Sequence[RawRecord]) -> None:
         """Process consumed records (in offset order); waits while at capacity."""
@@ -121,6 +126,19 @@ class Pipeline:
         if self._emitter is not None:
             self._emitter.cancel()
             await asyncio.gather(self._emitter, return_exceptions=True)
+        if self._controller is not None:
+            self._controller.cancel()
+            await asyncio.gather(self._controller, return_exceptions=True)
+
+    @property
+    def adaptive(self) -> AdaptiveBatching | None:
+        """The adaptive batching controller, when ``batch.adaptive`` is on."""
+        return self._adaptive
+
+    @property
+    def batch_deadline_s(self) -> float:
+        """The micro-batch deadline now in force, seconds."""
+        return self._batcher.max_delay
 
     @property
     def undelivered(self) -> int:
@@ -216,7 +234,10 @@ class Pipeline:
         for event in batch.events:
             ts = event.record.source.timestamp_ms
             if ts:
-                latency.observe(max(now_ms - ts, 0.0) / 1000.0)
+                seconds = max(now_ms - ts, 0.0) / 1000.0
+                latency.observe(seconds)
+                if self._adaptive is not None:
+                    self._adaptive.observe(seconds)
             self._p.tracing.finished(event.record)
             event.record.completion.done()
         self._track(-len(batch))
@@ -235,3 +256,11 @@ class Pipeline:
             self._p.tracing.finished(letter.record, letter.reason.value)
             letter.record.completion.done()
         self._track(-len(letters))
+
+
+def _adaptive_controller(parts: PipelineParts, batcher: MicroBatcher) -> AdaptiveBatching | None:
+    """The adaptive batching controller when ``batch.adaptive`` is on (it drives the deadline)."""
+    if not parts.batch.adaptive:
+        return None
+    config = AdaptiveConfig(slo_ms=parts.batch.slo_ms, max_delay_ms=parts.batch.adaptive_max_delay_ms)
+    return AdaptiveBatching(config, parts.batch.max_delay_ms, batcher.set_max_delay)

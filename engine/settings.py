@@ -91,6 +91,11 @@ class BatchSettings(BaseModel):
     max_size: int = Field(256, gt=0)
     max_delay_ms: float = Field(5.0, ge=0)
     max_in_flight: int = Field(4, gt=0)
+    # Adaptive batching (engine/adaptive.py): the deadline follows the p99 latency against slo_ms,
+    # starting at max_delay_ms and moving between 0.5 ms and adaptive_max_delay_ms.
+    adaptive: bool = False
+    slo_ms: float = Field(25.0, gt=0)
+    adaptive_max_delay_ms: float = Field(50.0, gt=0)
 
 
 class RetrySettings(BaseModel):

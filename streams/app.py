@@ -121,7 +121,8 @@ def add_inference_agent(
     topics = input_topics(settings)  # the events topic, then routing.topic_models' topics
     topic = app.topic(*topics, key_type=bytes, value_type=bytes, internal=False)
     chunk = max(settings.batch.max_size, 1)
-    within = max(settings.batch.max_delay_ms / 1000.0, 0.001)
+    # With adaptive batching the pipeline's batcher owns the deadline: hand chunks over at once.
+    within = 0.001 if settings.batch.adaptive else max(settings.batch.max_delay_ms / 1000.0, 0.001)
 
     async def infer(stream: Any) -> None:
         submit = await get_submit()

@@ -1,0 +1,109 @@
+"""The adaptive batching controller (pure logic, no clock needed: ticks are explicit)."""
+
+from __future__ import annotations
+
+from engine.adaptive import AdaptiveBatching, AdaptiveConfig
+
+
+def make(initial_ms: float = 5.0, **kw: float) -> tuple[AdaptiveBatching, list[float]]:
+    applied: list[float] = []
+    cfg = AdaptiveConfig(slo_ms=20.0, min_samples=10, **kw)  # type: ignore[arg-type]
+    return AdaptiveBatching(cfg, initial_ms, applied.append), applied
+
+
+def feed(ctrl: AdaptiveBatching, latency_ms: float, n: int = 100) -> None:
+    for _ in range(n):
+        ctrl.observe(latency_ms / 1000.0)
+
+
+def test_controller_applies_initial_deadline_in_seconds() -> None:
+    _, applied = make(5.0)
+    assert applied == [0.005]
+
+
+def test_deadline_grows_additively_while_p99_has_slack() -> None:
+    ctrl, applied = make(5.0, step_ms=1.0)
+    feed(ctrl, 5.0)
+    assert ctrl.tick() == 6.0
+    feed(ctrl, 5.0)
+    assert ctrl.tick() == 7.0
+    assert applied[-1] == 0.007
+
+
+def test_deadline_shrinks_multiplicatively_when_p99_nears_slo() -> None:
+    ctrl, _ = make(10.0, decrease=0.5)
+    feed(ctrl, 19.0)  # 0.95 x SLO, above the 0.9 high-water mark
+    assert ctrl.tick() == 5.0
+
+
+def test_deadline_holds_between_the_water_marks() -> None:
+    ctrl, applied = make(8.0)
+    feed(ctrl, 15.0)  # 0.75 x SLO
+    assert ctrl.tick() == 8.0
+    assert applied == [0.008]
+
+
+def test_p99_not_mean_drives_the_decision() -> None:
+    ctrl, _ = make(10.0, decrease=0.5)
+    feed(ctrl, 1.0, 95)
+    feed(ctrl, 40.0, 5)  # 5% of events far over the SLO: the p99 is too
+    assert ctrl.tick() == 5.0
+
+
+def test_too_few_samples_change_nothing() -> None:
+    ctrl, _ = make(5.0)
+    feed(ctrl, 100.0, 3)
+    assert ctrl.tick() == 5.0
+
+
+def test_deadline_stays_within_bounds() -> None:
+    ctrl, _ = make(1.0, min_delay_ms=0.5, max_delay_ms=2.0, step_ms=1.0, decrease=0.1)
+    feed(ctrl, 50.0)
+    assert ctrl.tick() == 0.5
+    for _ in range(5):
+        feed(ctrl, 1.0)
+        ctrl.tick()
+    assert ctrl.delay_ms == 2.0
+
+
+def test_window_resets_after_each_tick() -> None:
+    ctrl, _ = make(10.0, decrease=0.5)
+    feed(ctrl, 50.0)
+    ctrl.tick()
+    feed(ctrl, 15.0)  # only this interval's samples count
+    assert ctrl.tick() == 5.0
+
+
+async def test_pipeline_feeds_delivered_latencies_to_the_controller() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from engine.pipeline import Pipeline, PipelineParts
+    from engine.retry import CircuitBreaker, Retrier
+    from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
+    from observability.metrics import create_metrics
+    from streams.codec import DecodeContext
+    from tests.unit.fakes import FakeBackend, FakeSink, raw, spec
+    from tests.unit.test_pipeline import _Clock
+
+    clock = _Clock()
+    retry = RetrySettings()
+    batch = BatchSettings(max_size=8, max_delay_ms=10, adaptive=True, slo_ms=25)
+    parts = PipelineParts(
+        decode_ctx=DecodeContext({"m": spec("m", 3, max_batch=64)}, "m", LimitSettings()),
+        backend=FakeBackend(),
+        retrier=Retrier(retry, clock, CircuitBreaker(retry, clock)),
+        sink=FakeSink(),
+        topics=TopicSettings(events="in", predictions="out", dlq="dlq"),
+        batch=batch,
+        metrics=create_metrics(CollectorRegistry()),
+    )
+    pipeline = Pipeline(parts, clock)
+    await pipeline.start()
+    assert pipeline.adaptive is not None and pipeline.batch_deadline_s == 0.010
+    records = [raw(b'{"id": "e%d", "features": [1, 2, 3]}' % i, offset=i) for i in range(100)]
+    await pipeline.submit(records)
+    assert await pipeline.drain(5.0)
+    # the fake records carry a 2023 Kafka timestamp: far over the SLO, so the deadline shrinks
+    pipeline.adaptive.tick()
+    assert pipeline.batch_deadline_s < 0.010
+    await pipeline.stop()
