@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +17,7 @@ from engine.embedded import free_port
 from engine.settings import Settings
 from engine.stack import WorkerProcess
 from tests.integration.conftest import StartWorker
+from tests.unit.deploy_support import REPO, dockerfile_instructions, load_compose
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +51,27 @@ def poll(
     pytest.fail(f"{path} never matched (last {last}):\n{worker.process.log_tail()}")
 
 
+def healthchecks(worker: WorkerProcess) -> dict[str, list[str]]:
+    """The container health checks of the compose worker and of the image, aimed at ``worker``."""
+    compose = load_compose(REPO / "docker-compose.yml")["services"]["worker"]["healthcheck"]["test"]
+    assert compose[0] == "CMD"
+    (image,) = [a for kw, a in dockerfile_instructions(REPO / "Dockerfile") if kw == "HEALTHCHECK"]
+    commands = {"compose": compose[1:], "Dockerfile": json.loads(image[image.index("CMD") + 3 :])}
+    here = f"127.0.0.1:{worker.settings.metrics_port}"
+    return {
+        name: [sys.executable, *(a.replace("localhost:9300", here) for a in argv[1:])]
+        for name, argv in commands.items()
+        if argv[0] == "python"
+    }
+
+
+def assert_healthchecks_pass(worker: WorkerProcess) -> None:
+    checks = healthchecks(worker)
+    assert set(checks) == {"compose", "Dockerfile"}
+    for name, argv in checks.items():
+        assert subprocess.run(argv, timeout=60).returncode == 0, f"{name} health check failed"
+
+
 def test_ready_worker_is_alive_and_reports_its_assigned_partitions(
     stack_settings: Settings, workers: StartWorker
 ) -> None:
@@ -57,6 +81,7 @@ def test_ready_worker_is_alive_and_reports_its_assigned_partitions(
     code, body = poll(worker, "/readyz", lambda r: r[0] == 200)
     assert body["ready"] is True and body["triton"] is True
     assert 0 < body["assigned_partitions"] <= stack_settings.topics.partitions
+    assert_healthchecks_pass(worker)
 
 
 def test_worker_is_alive_but_not_ready_while_triton_is_unreachable(
@@ -74,3 +99,5 @@ def test_worker_is_alive_but_not_ready_while_triton_is_unreachable(
     assert code == 503
     assert body["ready"] is False and body["triton"] is False
     assert http_get(worker, "/healthz") == (200, {"status": "alive"})
+    # Container health checks use /healthz: an unready worker is not restarted or marked unhealthy.
+    assert_healthchecks_pass(worker)

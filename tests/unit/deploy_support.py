@@ -139,3 +139,20 @@ def host_port(address: str) -> tuple[str, int]:
     rest = address.split("://", 1)[-1].split("/", 1)[0]
     host, _, port = rest.rpartition(":")
     return host, int(port)
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) per instruction; comments dropped, continuation lines joined."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).partition(" ")
+        result.append((keyword.upper(), args.strip()))
+        pending = ""
+    return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -25,7 +26,10 @@ from tests.unit.deploy_support import (
 
 COMPOSE = REPO / "docker-compose.yml"
 CPU_OVERRIDE = REPO / "docker-compose.cpu.yml"
-SCHEMA = REPO.parent / "shared" / "schemas" / "compose-spec.json"
+# The Compose Specification's JSON schema, in the shared folder beside the checkout
+# (or inside it, where a checkout carries its own shared/).
+SCHEMA_CANDIDATES = [d / "shared" / "schemas" / "compose-spec.json" for d in (REPO.parent, REPO)]
+SCHEMA = next((p for p in SCHEMA_CANDIDATES if p.is_file()), SCHEMA_CANDIDATES[0])
 PROMETHEUS = REPO / "observability" / "prometheus" / "prometheus.yml"
 GRAFANA_PROVISIONING = REPO / "observability" / "grafana" / "provisioning"
 REQUIRED_SERVICES = {"kafka", "triton", "worker", "prometheus", "grafana", "otel-collector", "jaeger"}
@@ -165,6 +169,19 @@ def test_overriding_partitions_changes_topics_and_worker_together(compose: dict[
     services = interpolate(compose["services"], {"SIE_TOPICS__PARTITIONS": "16"})
     assert env_mapping(services["kafka-init"]["environment"])["PARTITIONS"] == "16"
     assert env_mapping(services["worker"]["environment"])["SIE_TOPICS__PARTITIONS"] == "16"
+
+
+def test_kafka_runs_in_kraft_mode_with_a_valid_cluster_id(services: dict[str, Any]) -> None:
+    kafka = env_mapping(services["kafka"]["environment"])
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    cluster_id = kafka["CLUSTER_ID"]
+    raw = base64.urlsafe_b64decode(cluster_id + "==")
+    assert len(raw) == 16 and base64.urlsafe_b64encode(raw).decode().rstrip("=") == cluster_id
+    node, _, voter = kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"].partition("@")
+    assert node == kafka["KAFKA_NODE_ID"]
+    listeners = dict(item.split("://") for item in kafka["KAFKA_LISTENERS"].split(","))
+    assert host_port(voter) == ("kafka", host_port(listeners[kafka["KAFKA_CONTROLLER_LISTENER_NAMES"]])[1])
 
 
 def test_worker_reaches_kafka_on_its_internal_listener(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 
 from tests.unit.deploy_support import (
     REPO,
+    dockerfile_instructions,
     host_port,
     load_compose,
     model_names,
@@ -199,6 +201,10 @@ def test_worker_rollout_never_adds_a_consumer_beyond_the_partitions() -> None:
 def test_worker_runs_unprivileged_and_drains_before_it_is_killed() -> None:
     pod = named("Deployment", WORKER)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    runs = " ".join(args for kw, args in dockerfile_instructions(REPO / "Dockerfile") if kw == "RUN")
+    image_uid = re.search(r"useradd\b[^&;]*--uid\s+(\d+)", runs)
+    assert image_uid, "the image creates its user without --uid"
+    assert pod["securityContext"]["runAsUser"] == int(image_uid[1])
     assert pod["terminationGracePeriodSeconds"] >= 40
     data_dir = named("ConfigMap", "sie-config")["data"]["SIE_DATA_DIR"]
     assert data_dir in {m["mountPath"] for m in container(named("Deployment", WORKER))["volumeMounts"]}

@@ -13,34 +13,15 @@ from typer.main import get_command
 
 from engine.cli import app
 from engine.settings import Settings
-from tests.unit.deploy_support import REPO
+from tests.unit.deploy_support import REPO, dockerfile_instructions
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 README = REPO / "README.md"
 
-Instruction = tuple[str, str]
-
-
-def instructions(path: Path = DOCKERFILE) -> list[Instruction]:
-    """(KEYWORD, arguments) per instruction; comments dropped, continuation lines joined."""
-    result: list[Instruction] = []
-    pending = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        keyword, _, args = (pending + line).partition(" ")
-        result.append((keyword.upper(), args.strip()))
-        pending = ""
-    return result
-
 
 def of(keyword: str) -> list[str]:
-    return [args for kw, args in instructions() if kw == keyword]
+    return [args for kw, args in dockerfile_instructions(DOCKERFILE) if kw == keyword]
 
 
 def exec_form(args: str) -> list[str]:
@@ -98,8 +79,17 @@ def test_image_runs_as_an_unprivileged_user_it_creates() -> None:
     assert user not in ("root", "0")
     created = " ".join(of("RUN"))
     assert re.search(rf"useradd\b[^&;]*\b{re.escape(user)}\b", created), f"user {user} is never created"
-    last_user = max(i for i, (kw, _) in enumerate(instructions()) if kw == "USER")
-    assert all(kw != "RUN" for kw, _ in instructions()[last_user:]), "RUN after USER would run unprivileged"
+    steps = dockerfile_instructions(DOCKERFILE)
+    last_user = max(i for i, (kw, _) in enumerate(steps) if kw == "USER")
+    assert steps[-1][0] in ("CMD", "ENTRYPOINT") and last_user < len(steps) - 1
+    assert uid_of(user) != 0, "the user must not be uid 0"
+
+
+def uid_of(user: str) -> int:
+    """The uid ``useradd`` gives ``user`` in the Dockerfile (``--uid N``)."""
+    match = re.search(rf"useradd\b[^&;]*--uid\s+(\d+)[^&;]*\b{re.escape(user)}\b", " ".join(of("RUN")))
+    assert match, f"useradd of {user} sets no explicit --uid"
+    return int(match[1])
 
 
 def test_entry_point_is_sie_worker() -> None:
