@@ -32,6 +32,7 @@ from engine.embedded import (
     start_triton,
 )
 from engine.settings import Settings
+from observability.tracing import otlp_traces_url
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ def start_stack(
             http_port=ports.triton_http,
             grpc_port=ports.triton_grpc,
             metrics_port=ports.triton_metrics,
-            otlp_endpoint=base.otlp_endpoint,
+            otlp_endpoint=otlp_traces_url(base.otlp_endpoint) if base.otlp_endpoint else None,
         )
         stack.settings = _pointed_at(base, stack.broker, stack.triton)
         for i in range(workers):

@@ -143,6 +143,7 @@ def _trace_args(otlp_endpoint: str | None) -> list[str]:
     settings = [
         "mode=opentelemetry",
         f"opentelemetry,url={otlp_endpoint}",
+        "opentelemetry,resource=service.name=triton",
         "rate=1",
         "level=TIMESTAMPS",
     ]
