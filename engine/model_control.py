@@ -32,10 +32,9 @@ from engine.repository import (
     validate_config,
     validate_version_files,
     version_dirs,
-    with_policy,
-    write_version_policy,
 )
 from engine.settings import TritonSettings
+from engine.version_policy import with_policy, write_version_policy
 
 
 class ModelControlError(EngineError):

@@ -27,12 +27,11 @@ from engine.repository import (
     errors,
     model_dirs,
     parse_config,
-    policy_kind,
-    selected_versions,
     validate_repository,
     version_dirs,
 )
 from engine.settings import Settings, TritonSettings
+from engine.version_policy import policy_kind, selected_versions
 
 if TYPE_CHECKING:
     from engine.model_control import ModelControl

@@ -12,8 +12,7 @@ Triton parses. Every problem names the file and the config field.
   ``latest``/``all`` version policy is pinned to the versions it selects
   today, so a new directory changes nothing until it is promoted, even if
   Triton restarts.
-* :func:`write_version_policy` - rewrite only the ``version_policy`` of a
-  ``config.pbtxt`` (comments and layout kept), atomically.
+* version policies: see engine/version_policy.py.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from engine.errors import ConfigError
+from engine.version_policy import policy_kind, selected_versions, write_version_policy
 
 CONFIG_FILE = "config.pbtxt"
 DEPLOY_PREFIX = ".deploy-"
@@ -103,32 +103,6 @@ def version_dirs(model_dir: Path) -> list[int]:
     if not Path(model_dir).is_dir():
         return []
     return sorted(int(p.name) for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def policy_kind(config: mc.ModelConfig) -> str:
-    """``latest`` (also when unset), ``all`` or ``specific``."""
-    return config.version_policy.WhichOneof("policy_choice") or "latest"
-
-
-def selected_versions(config: mc.ModelConfig, available: Sequence[int]) -> list[int]:
-    """The versions Triton loads under the config's version policy."""
-    policy = config.version_policy
-    kind = policy_kind(config)
-    if kind == "all":
-        return sorted(available)
-    if kind == "specific":
-        return sorted(int(v) for v in policy.specific.versions)
-    n = policy.latest.num_versions if policy.HasField("latest") else 1
-    return sorted(available)[-max(n, 1) :]
-
-
-def with_policy(config: mc.ModelConfig, versions: Sequence[int]) -> mc.ModelConfig:
-    """A copy of ``config`` whose version policy is ``specific`` ``versions``."""
-    out = mc.ModelConfig()
-    out.CopyFrom(config)
-    out.version_policy.Clear()
-    out.version_policy.specific.versions.extend(sorted(set(versions)))
-    return out
 
 
 def backend_of(config: mc.ModelConfig) -> str:
@@ -228,107 +202,10 @@ def validate_model(model_dir: Path) -> list[Problem]:
 def validate_repository(repository: Path, names: Sequence[str] = ()) -> dict[str, list[Problem]]:
     """Problems per model (all models, or ``names``)."""
     repository = Path(repository)
-    if names:
-        dirs = [repository / n for n in names]
-    else:
-        dirs = model_dirs(repository)
+    dirs = [repository / n for n in names] if names else model_dirs(repository)
     if not dirs:
         return {"*": [Problem(repository, "-", f"no model directory with a {CONFIG_FILE}")]}
     return {d.name: validate_model(d) for d in dirs}
-
-
-# --- version policy rewriting -------------------------------------------------------
-
-
-def _policy_span(text: str) -> tuple[int, int] | None:
-    """Start and end of the top-level ``version_policy`` field in protobuf text."""
-    depth, i, n = 0, 0, len(text)
-    start: int | None = None
-    while i < n:
-        c = text[i]
-        if c == "#":
-            i = text.find("\n", i)
-            i = n if i < 0 else i
-            continue
-        if c in "\"'":
-            i = _skip_string(text, i)
-            continue
-        if c in "{<[":
-            depth += 1
-            if depth == 1 and start is not None and c != "[":
-                return start, _block_end(text, i)
-        elif c in "}>]":
-            depth -= 1
-        elif depth == 0 and start is None and text.startswith("version_policy", i):
-            before = text[i - 1] if i else " "
-            if not (before.isalnum() or before == "_"):
-                start = i
-                i += len("version_policy")
-                continue
-        i += 1
-    return None
-
-
-def _skip_string(text: str, i: int) -> int:
-    quote, i = text[i], i + 1
-    while i < len(text) and text[i] != quote:
-        i += 2 if text[i] == "\\" else 1
-    return i + 1
-
-
-def _block_end(text: str, i: int) -> int:
-    depth = 0
-    while i < len(text):
-        c = text[i]
-        if c == "#":
-            i = text.find("\n", i)
-            if i < 0:
-                break
-            continue
-        if c in "\"'":
-            i = _skip_string(text, i)
-            continue
-        depth += c in "{<"
-        depth -= c in "}>"
-        i += 1
-        if depth == 0:
-            return i
-    raise ValueError("unbalanced braces after version_policy")
-
-
-def render_policy(versions: Sequence[int]) -> str:
-    """``version_policy: { specific: { versions: [ ... ] } }``."""
-    listed = ", ".join(str(v) for v in sorted(set(versions)))
-    return f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}"
-
-
-def write_version_policy(model_dir: Path, versions: Sequence[int]) -> None:
-    """Set the on-disk policy to ``specific`` ``versions``; other text is kept as it is."""
-    path = Path(model_dir) / CONFIG_FILE
-    text = path.read_text()
-    config = parse_config(path)
-    span = _policy_span(text)
-    policy = render_policy(versions)
-    if span is None:
-        new_text = text.rstrip("\n") + "\n" + policy + "\n"
-    else:
-        new_text = text[: span[0]] + policy + text[span[1] :]
-    parsed = text_format.Parse(new_text, mc.ModelConfig())
-    if parsed != with_policy(config, versions):
-        raise ConfigError(f"{path}: rewriting version_policy changed other fields; not written")
-    _atomic_write(path, new_text)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- deploy -------------------------------------------------------------------------

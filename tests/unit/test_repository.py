@@ -1,4 +1,4 @@
-"""Model repository on disk: validation with Triton's ModelConfig, atomic deploy, version policies."""
+"""Model repository on disk (engine/repository.py, engine/version_policy.py): validation, deploy, policies."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ from engine.repository import (
     RepositoryError,
     deploy,
     parse_config,
-    selected_versions,
     validate_model,
     validate_repository,
     version_dirs,
-    write_version_policy,
 )
+from engine.version_policy import selected_versions, write_version_policy
 
 MODEL_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
