@@ -86,7 +86,7 @@ def workers(tmp_path: Path) -> Iterator[StartWorker]:
         worker = start_worker(ws, tmp_path, ws.worker_name)
         started.append(worker)
         if wait:
-            worker.wait_ready(timeout=90)
+            worker.wait_ready(timeout=180)
         return worker
 
     yield start

@@ -72,7 +72,7 @@ def test_every_event_yields_one_prediction_or_one_dead_letter(
         stack_settings.kafka.bootstrap_servers,
         [t.predictions, t.dlq],
         done=lambda got: len(got[t.predictions]) >= len(valid) and len(got[t.dlq]) >= len(bad),
-        timeout=180,
+        timeout=300,
         settle=3.0,
     )
     predictions, dead = out[t.predictions], out[t.dlq]
