@@ -2,7 +2,7 @@
 
 Usage::
 
-    python model_repository/train.py [--out DIR] [--version N]
+    python model_repository/train.py [--out DIR] [--version N] [--seed S]
 
 For each data set bundled with scikit-learn (``breast_cancer``, ``iris``) this
 fits ``StandardScaler -> MLPClassifier`` on a fixed stratified split and writes::
@@ -83,7 +83,7 @@ def load_split(name: str) -> Split:
     )
 
 
-def fit(split: Split) -> Pipeline:
+def fit(split: Split, seed: int = MODEL_SEED) -> Pipeline:
     """Fit ``StandardScaler -> MLPClassifier(16 ReLU units)`` on the training rows."""
     mlp = MLPClassifier(
         hidden_layer_sizes=(HIDDEN_UNITS,),
@@ -91,7 +91,7 @@ def fit(split: Split) -> Pipeline:
         solver="adam",
         alpha=1.0,
         max_iter=2000,
-        random_state=MODEL_SEED,
+        random_state=seed,
     )
     pipeline = Pipeline([("scaler", StandardScaler()), ("mlp", mlp)])
     pipeline.fit(split.x_train.astype(np.float64), split.y_train)
@@ -227,10 +227,10 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def train_one(name: str, out: Path, version: int) -> float:
+def train_one(name: str, out: Path, version: int, seed: int = MODEL_SEED) -> float:
     """Train one model, write its files under ``out/name``; return held-out accuracy."""
     split = load_split(name)
-    arrays = export_weights(fit(split))
+    arrays = export_weights(fit(split, seed))
     model_dir = out / name
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -262,9 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="model repository directory")
     parser.add_argument("--version", type=int, default=1, help="model version to write")
+    parser.add_argument("--seed", type=int, default=MODEL_SEED, help="weight initialisation seed")
     args = parser.parse_args(argv)
     for name in LOADERS:
-        acc = train_one(name, args.out, args.version)
+        acc = train_one(name, args.out, args.version, args.seed)
         print(f"{name}: held-out accuracy {acc:.4f}")
     return 0
 
