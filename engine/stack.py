@@ -11,8 +11,6 @@ import logging
 import shutil
 import socket
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from engine.embedded import (
     start_broker,
     start_triton,
 )
+from engine.embedded.process import http_ok
 from engine.settings import Settings
 from observability.tracing import otlp_traces_url
 
@@ -60,14 +59,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @dataclass
 class WorkerProcess:
     """One ``sie worker`` child."""
@@ -83,7 +74,7 @@ class WorkerProcess:
 
     def ready(self) -> bool:
         """Its ``/readyz`` answers 200 (partitions assigned, Triton reachable)."""
-        return _http_ok(f"http://127.0.0.1:{self.settings.metrics_port}/readyz")
+        return http_ok(f"http://127.0.0.1:{self.settings.metrics_port}/readyz")
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Block until ready; raises with the log tail if it dies or times out."""

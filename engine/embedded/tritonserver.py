@@ -14,8 +14,6 @@ from __future__ import annotations
 import shutil
 import sys
 import sysconfig
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from engine.embedded.process import (
     EmbeddedServerError,
     ManagedProcess,
     child_env,
+    http_ok,
     package_dir,
     require_file,
 )
@@ -81,14 +80,6 @@ def find_tritonserver() -> TritonPaths:
     )
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @dataclass
 class TritonProcess:
     """A running tritonserver."""
@@ -117,8 +108,8 @@ class TritonProcess:
     def ready(self) -> bool:
         """Server ready and every model ready (HTTP health endpoints)."""
         base = f"http://{self.http_url}/v2"
-        return _http_ok(f"{base}/health/ready") and all(
-            _http_ok(f"{base}/models/{m}/ready") for m in self.models
+        return http_ok(f"{base}/health/ready") and all(
+            http_ok(f"{base}/models/{m}/ready") for m in self.models
         )
 
     def restart(self, timeout: float = 120) -> None:
