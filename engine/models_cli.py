@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from engine.model_control import ModelControl
 
 models_app = typer.Typer(help="Model repository: list, validate, deploy, promote, roll back.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # paths in messages stay whole
+err_console = Console(stderr=True, soft_wrap=True)
 
 RepoOpt = Annotated[
     Optional[Path],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -193,3 +194,34 @@ def test_failed_copy_leaves_no_version_and_no_temp_dir(
 def test_deploy_refuses_an_existing_version_number(repository: Path) -> None:
     with pytest.raises(RepositoryError):
         deploy(repository, "iris", repository / "iris" / "1", version=1)
+
+
+def test_cli_validate_names_the_problem_and_fails(repository: Path) -> None:
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    (repository / "iris" / "1" / "model.py").unlink()
+    result = CliRunner().invoke(app, ["models", "validate", "--repository", str(repository)])
+    assert result.exit_code == 1
+    assert "iris/1/model.py: backend: missing" in result.output
+    assert "ok breast_cancer" in result.output
+
+
+def test_cli_deploy_then_list_without_triton(repository: Path) -> None:
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    runner = CliRunner()
+    deployed = runner.invoke(
+        app, ["models", "deploy", "iris", str(repository / "iris" / "1"), "-r", str(repository)]
+    )
+    assert deployed.exit_code == 0, deployed.output
+    listed = runner.invoke(
+        app, ["models", "list", "-r", str(repository), "--triton-url", "127.0.0.1:9", "--json"]
+    )
+    assert listed.exit_code == 0, listed.output
+    doc = json.loads(listed.stdout[listed.stdout.index("{") :])
+    iris = next(m for m in doc["models"] if m["model"] == "iris")
+    assert iris["versions"] == [1, 2] and iris["policy_versions"] == [1] and iris["served"] is None
