@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,39 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
         result.append((keyword.upper(), args.strip()))
         pending = ""
     return result
+
+
+KAFKA_TOPICS = "/opt/kafka/bin/kafka-topics.sh"
+
+
+def run_topic_script(script: str, env: Mapping[str, str], work_dir: Path) -> list[list[str]]:
+    """Run a topic-creation bash script with a recording stand-in for ``kafka-topics.sh``.
+
+    Returns the argument lists of every ``kafka-topics.sh`` call, in order.
+    """
+    record = work_dir / "calls.txt"
+    fake = work_dir / "kafka-topics.sh"
+    fake.write_text(f'#!/bin/bash\nprintf "%s\\x1f" "$@" >> {record}\necho >> {record}\n')
+    fake.chmod(0o755)
+    assert KAFKA_TOPICS in script, "the script does not call kafka-topics.sh"
+    done = subprocess.run(
+        ["/bin/bash", "-c", script.replace(KAFKA_TOPICS, str(fake))],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = record.read_text().splitlines() if record.exists() else []
+    return [line.rstrip("\x1f").split("\x1f") for line in lines]
+
+
+def created_topics(calls: list[list[str]]) -> dict[str, dict[str, str]]:
+    """``topic -> {option: value}`` of the ``--create`` calls."""
+    topics = {}
+    for call in calls:
+        if "--create" in call:
+            pairs = zip(call, call[1:], strict=False)
+            options = {a: b for a, b in pairs if a.startswith("--") and not b.startswith("--")}
+            topics[options["--topic"]] = options
+    return topics

@@ -14,12 +14,14 @@ import yaml
 
 from tests.unit.deploy_support import (
     REPO,
+    created_topics,
     env_mapping,
     host_port,
     interpolate,
     load_compose,
     merge_compose,
     model_names,
+    run_topic_script,
     settings_env_names,
     settings_from_env,
 )
@@ -161,8 +163,20 @@ def test_topic_job_creates_the_worker_topics_with_the_configured_partitions(
     kafka = env_mapping(services["kafka"]["environment"])
     assert kafka["KAFKA_NUM_PARTITIONS"] == worker_env["SIE_TOPICS__PARTITIONS"]
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    script = services["kafka-init"]["command"][0]
-    assert "--create --if-not-exists" in script and '--partitions "$PARTITIONS"' in script
+
+
+def test_topic_job_script_creates_each_topic_once_with_the_partitions(
+    services: dict[str, Any], worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    job = services["kafka-init"]
+    assert job["entrypoint"] == ["/bin/bash", "-c"]
+    calls = run_topic_script(job["command"][0], env_mapping(job["environment"]), tmp_path)
+    topics = created_topics(calls)
+    assert set(topics) == {worker_env[f"SIE_TOPICS__{t}"] for t in ("EVENTS", "PREDICTIONS", "DLQ")}
+    for options in topics.values():
+        assert options["--partitions"] == worker_env["SIE_TOPICS__PARTITIONS"]
+        assert options["--bootstrap-server"] == worker_env["SIE_KAFKA__BOOTSTRAP_SERVERS"]
+    assert all("--if-not-exists" in call for call in calls if "--create" in call)
 
 
 def test_overriding_partitions_changes_topics_and_worker_together(compose: dict[str, Any]) -> None:

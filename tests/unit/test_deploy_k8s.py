@@ -11,10 +11,12 @@ import yaml
 
 from tests.unit.deploy_support import (
     REPO,
+    created_topics,
     dockerfile_instructions,
     host_port,
     load_compose,
     model_names,
+    run_topic_script,
     settings_env_names,
     settings_from_env,
 )
@@ -181,15 +183,19 @@ def test_max_replicas_equal_the_partition_count(config: dict[str, str]) -> None:
     assert named("Deployment", WORKER)["spec"]["replicas"] <= partitions
 
 
-def test_topic_job_creates_the_configured_topics_and_partitions() -> None:
+def test_topic_job_creates_the_configured_topics_and_partitions(
+    config: dict[str, str], tmp_path: Path
+) -> None:
     (job,) = of_kind("Job")
     cont = job["spec"]["template"]["spec"]["containers"][0]
     assert {"configMapRef": {"name": "sie-config"}} in cont["envFrom"]
-    script = " ".join(cont.get("command", []) + cont.get("args", []))
-    for name in ("SIE_TOPICS__EVENTS", "SIE_TOPICS__PREDICTIONS", "SIE_TOPICS__DLQ"):
-        assert f'"${name}"' in script
-    assert '--partitions "$SIE_TOPICS__PARTITIONS"' in script
-    assert '--bootstrap-server "$SIE_KAFKA__BOOTSTRAP_SERVERS"' in script
+    assert cont["command"] == ["/bin/bash", "-c"]
+    env = config | {e["name"]: e["value"] for e in cont.get("env", [])}
+    topics = created_topics(run_topic_script(cont["args"][0], env, tmp_path))
+    assert set(topics) == {config[f"SIE_TOPICS__{t}"] for t in ("EVENTS", "PREDICTIONS", "DLQ")}
+    for options in topics.values():
+        assert options["--partitions"] == config["SIE_TOPICS__PARTITIONS"]
+        assert options["--bootstrap-server"] == config["SIE_KAFKA__BOOTSTRAP_SERVERS"]
 
 
 def test_worker_rollout_never_adds_a_consumer_beyond_the_partitions() -> None:
