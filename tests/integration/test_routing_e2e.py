@@ -149,9 +149,11 @@ def test_ab_arms_topic_defaults_and_shadows_on_real_servers(
         for o in ("error", "dropped")
     )
     assert broken == IRIS
-    assert samples[("sie_shadow_predictions_total", (("model", "breast_cancer"), ("outcome", "ok")))] == len(
-        shadow
-    )
+    outcomes = {
+        o: samples.get(("sie_shadow_predictions_total", (("model", "breast_cancer"), ("outcome", o))), 0)
+        for o in ("ok", "error", "dropped")
+    }
+    assert outcomes["ok"] == len(shadow) and sum(outcomes.values()) == CANCER, outcomes
     print(
         f"\nrouting: arms {dict(arms)}; shadow copies delivered {len(shadow)}/{CANCER}; "
         f"broken shadow {broken:.0f}"
