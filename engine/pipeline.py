@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -102,7 +103,8 @@ class Pipeline:
                 self._batcher.add(item)
             else:
                 dead.append(item)
-        consumed.labels(records[0].source.topic).inc(len(records))
+        for topic, n in Counter(r.source.topic for r in records).items():  # chunks may mix topics
+            consumed.labels(topic).inc(n)
         if dead:
             await self._send_dead(dead)
         while self._outstanding >= self._max_outstanding:
