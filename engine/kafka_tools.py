@@ -104,3 +104,43 @@ def describe(msg: Any) -> str:
     if headers:
         parts.append(f"headers={headers}")
     return " ".join(parts) + f" {value}"
+
+
+def wait_for_kafka(
+    config: Mapping[str, str],
+    *,
+    log: Any,
+    attempt_timeout_s: float = 2.0,
+    max_pause_s: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Block until a metadata request to the cluster succeeds; returns the failed attempts.
+
+    Each failure is logged as one clear warning naming the bootstrap servers,
+    then retried after a growing pause (up to ``max_pause_s``). ``config`` is
+    the full client config (security settings included), so a TLS or SASL
+    mistake shows up here too.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    bootstrap = config.get("bootstrap.servers", "?")
+    admin = AdminClient({**config, "logger": log})
+    failures, pause = 0, 0.5
+    while True:
+        try:
+            admin.list_topics(timeout=attempt_timeout_s)
+        except KafkaException as err:
+            failures += 1
+            log.warning(
+                "Kafka broker %s unreachable (attempt %d: %s); retrying in %.1fs",
+                bootstrap,
+                failures,
+                err.args[0] if err.args else err,
+                pause,
+            )
+            sleep(pause)
+            pause = min(pause * 2, max_pause_s)
+            continue
+        if failures:
+            log.info("Kafka broker %s reachable after %d failed attempts", bootstrap, failures)
+        return failures

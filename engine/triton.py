@@ -29,6 +29,22 @@ RETRYABLE_CODES = frozenset(
 )
 NOT_FOUND_CODES = frozenset({"NOT_FOUND"})
 
+# tritonclient's default channel options, plus a reconnect backoff capped at
+# 1 s: gRPC's default grows to minutes, so after a long Triton outage every
+# request would fail fast with UNAVAILABLE long after the server is back.
+_KEEPALIVE = grpcclient.KeepAliveOptions()
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", int(_KEEPALIVE.keepalive_permit_without_calls)),
+    ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
 
 class InferenceBackend(Protocol):
     """Something that runs a batch through a model."""
@@ -84,6 +100,7 @@ class TritonBackend:
             root_certificates=_path(settings.root_certificates),
             private_key=_path(settings.private_key),
             certificate_chain=_path(settings.certificate_chain),
+            channel_args=CHANNEL_ARGS,
         )
 
     async def infer(

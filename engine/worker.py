@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from engine.clock import LoopClock
 from engine.errors import RetryableError
 from engine.identity import IdentityBackend
+from engine.kafka_tools import wait_for_kafka
 from engine.lifecycle import NO_MODEL_HOOKS, ModelHooks, build_model_hooks
 from engine.modelspec import ModelSpec
 from engine.pipeline import Pipeline, PipelineParts
@@ -137,8 +138,12 @@ class Worker:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when partitions are assigned and Triton answers (circuit not open)."""
+        # This runs on the HTTP thread: never touch ``app.consumer`` here, which
+        # would build the consumer on this thread's event loop before Faust
+        # does (its thread service then fails "attached to a different loop").
+        consumer = self.app._consumer
         try:
-            assigned = len(self.app.consumer.assignment())
+            assigned = len(consumer.assignment()) if consumer is not None else 0
         except Exception:  # consumer not started yet
             assigned = 0
         triton_ok = self.pipeline is not None and self._triton_ok
@@ -148,6 +153,7 @@ class Worker:
         """Serve metrics and run the Faust worker until it is stopped (SIGTERM/SIGINT)."""
         server = serve(self.settings.metrics_port, self.registry, self.readiness)
         log.info("metrics and health on :%d", server.server_port)
+        wait_for_kafka(self.settings.kafka.confluent_config(), log=log)
         provider = configure_tracing(self.settings)
         if provider is not None:
             self.tracing = OtelTracing(provider.get_tracer(INSTRUMENTATION))

@@ -1,0 +1,70 @@
+"""SIGTERM under load: in-flight batches finish, outputs are produced, offsets committed.
+
+On SIGTERM Faust pauses the partitions, waits until every consumed record is
+acknowledged (our pipeline acknowledges a record only after its output is
+acknowledged by the broker), commits, and only then runs the pipeline's own
+drain and closes the producer. A worker restarted afterwards resumes at the
+committed offsets: no event is processed twice.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+from engine.settings import Settings
+from tests.chaos.conftest import StartTriton
+from tests.chaos.harness import SteadyProducer, account, first_output_after, write_report
+from tests.integration.conftest import StartWorker
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+
+EXIT_BOUND_S = 60.0  # the process must exit on its own well within this
+
+
+def test_sigterm_under_load_drains_commits_and_restart_duplicates_nothing(
+    own_triton: StartTriton,
+    fresh_settings: Callable[..., Settings],
+    workers: StartWorker,
+) -> None:
+    settings = fresh_settings(own_triton())
+    worker = workers(settings)
+    t = settings.topics
+    bootstrap = settings.kafka.bootstrap_servers
+    producer = SteadyProducer(bootstrap, t.events, prefix="term")
+    producer.start()
+
+    producer.wait_sent(0.4)
+    stopped_at = time.time()
+    worker.process.popen.send_signal(signal.SIGTERM)
+    try:
+        code = worker.process.popen.wait(EXIT_BOUND_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"worker still running {EXIT_BOUND_S}s after SIGTERM:\n{worker.process.log_tail()}")
+    exited_at = time.time()
+    log_tail = worker.process.log_tail(20_000)
+    producer.wait_sent(0.6)
+    restarted_at = time.time()
+    worker.process.start()
+    worker.wait_ready(timeout=120)
+    producer.finish()
+    acc = account(bootstrap, t.predictions, t.dlq, producer.ids)
+
+    figures = acc.figures() | {
+        "rate_per_s": producer.rate,
+        "exit_code": code,
+        "exit_s": round(exited_at - stopped_at, 3),
+        "exit_bound_s": EXIT_BOUND_S,
+        "restart_resume_s": first_output_after(acc, restarted_at),
+    }
+    write_report("graceful_stop", figures)
+
+    assert code == 0, log_tail[-3000:]
+    assert "unacknowledged" not in log_tail, log_tail[-3000:]
+    assert acc.lost == 0, acc.missing_sample
+    assert acc.dead_lettered == 0, acc.dlq_reasons
+    assert acc.duplicates == 0
