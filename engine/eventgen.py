@@ -1,8 +1,11 @@
 """Synthetic input events for the demo producer, benchmarks and tests.
 
-Feature vectors are drawn from each model's ``reference_profile.json`` (the
-per-feature mean and standard deviation of its training data, written by
-``model_repository/train.py``), so predictions look like real traffic.
+Feature vectors come from the model's own data set when scikit-learn (a dev
+dependency) can load it: real rows, resampled with a little jitter, so inputs
+and scores follow the training distribution and the drift gauges stay quiet.
+Otherwise each feature is drawn independently from a normal distribution with
+the mean and standard deviation in the model's ``reference_profile.json``
+(written by ``model_repository/train.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class FeatureProfile:
     model: str
     mean: np.ndarray
     std: np.ndarray
+    rows: np.ndarray | None = None  # real data rows to resample, when available
 
     @classmethod
     def load(cls, model_dir: Path) -> FeatureProfile:
@@ -35,10 +39,33 @@ class FeatureProfile:
             std=np.array([f["std"] for f in features], dtype=np.float64),
         )
 
+    def with_data_rows(self) -> FeatureProfile:
+        """This profile plus the data set's rows, if scikit-learn ships a loader for it."""
+        rows = dataset_rows(self.model)
+        if rows is None or rows.shape[1] != self.mean.size:
+            return self
+        return FeatureProfile(self.model, self.mean, self.std, rows)
+
     def sample(self, rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:
         """``n`` float32 rows; ``shift`` moves every feature by that many std (drift)."""
+        if self.rows is not None:
+            base = self.rows[rng.integers(0, len(self.rows), n)]
+            jitter = rng.standard_normal((n, self.mean.size)) * 0.02
+            return (base + (jitter + shift) * self.std).astype(np.float32)
         z = rng.standard_normal((n, self.mean.size)) + shift
         return (self.mean + z * self.std).astype(np.float32)
+
+
+def dataset_rows(name: str) -> np.ndarray | None:
+    """Rows of scikit-learn's bundled data set ``name`` (``breast_cancer``, ``iris``), or None."""
+    try:
+        from sklearn import datasets
+    except ImportError:
+        return None
+    loader = getattr(datasets, f"load_{name}", None)
+    if loader is None:
+        return None
+    return np.asarray(loader().data, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -90,7 +117,13 @@ def generate(
         made += n
 
 
-def load_profiles(model_repository: Path, models: list[str] | None = None) -> list[FeatureProfile]:
-    """Profiles of ``models`` (default: every model with a profile) in a repository."""
+def load_profiles(
+    model_repository: Path, models: list[str] | None = None, *, data_rows: bool = False
+) -> list[FeatureProfile]:
+    """Profiles of ``models`` (default: every model with a profile) in a repository.
+
+    ``data_rows`` resamples the models' real data sets where scikit-learn has them.
+    """
     dirs = sorted(p.parent for p in Path(model_repository).glob("*/reference_profile.json"))
-    return [FeatureProfile.load(d) for d in dirs if models is None or d.name in models]
+    profiles = [FeatureProfile.load(d) for d in dirs if models is None or d.name in models]
+    return [p.with_data_rows() for p in profiles] if data_rows else profiles

@@ -133,6 +133,7 @@ class PredictionMonitor(threading.Thread):
         dlq_topic: str,
         log: SendLog,
         window_s: float = 5.0,
+        max_samples: int = 400_000,
     ) -> None:
         super().__init__(name="prediction-monitor", daemon=True)
         self._config = dict(config)
@@ -142,8 +143,10 @@ class PredictionMonitor(threading.Thread):
         self._stop_flag = threading.Event()
         self._lock = threading.Lock()
         self._recent: deque[tuple[float, float]] = deque()  # (arrival, latency s)
-        self.samples: list[tuple[float, float]] = []  # (arrival, latency s) of every matched output
-        self.arrivals: list[float] = []  # arrival time of every output (predictions and dead letters)
+        # (arrival, latency s) of matched outputs and arrival times of all outputs; bounded so a
+        # long demo does not grow without limit (a benchmark level fits well inside).
+        self.samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
+        self.arrivals: deque[float] = deque(maxlen=max_samples)
         self.predictions = 0
         self.dead_letters = 0
         self.unmatched = 0
@@ -197,7 +200,10 @@ class PredictionMonitor(threading.Thread):
             self.arrivals.append(now)
         if topic == self._topics[0]:
             self.predictions += 1
-            event_id = orjson.loads(value or b"{}").get("id")
+            try:
+                event_id = orjson.loads(value or b"{}").get("id")
+            except (orjson.JSONDecodeError, AttributeError):
+                event_id = None
             sent = self._log.pop(event_id) if isinstance(event_id, str) else None
             if sent is None:
                 self.unmatched += 1

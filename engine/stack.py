@@ -234,8 +234,9 @@ def start_stack(
         names = (topics.events, topics.predictions, topics.dlq)
         create_topics(stack.broker.bootstrap, {t: topics.partitions for t in names})
         step(f"starting Triton Inference Server (gRPC {ports.triton_grpc}, HTTP {ports.triton_http})")
+        served = copy_model_repository(model_repository, work_dir)
         stack.triton = start_triton(
-            copy_model_repository(model_repository, work_dir),
+            served,
             logs,
             http_port=ports.triton_http,
             grpc_port=ports.triton_grpc,
@@ -243,6 +244,9 @@ def start_stack(
             otlp_endpoint=otlp_traces_url(base.otlp_endpoint) if base.otlp_endpoint else None,
         )
         stack.settings = _pointed_at(base, stack.broker, stack.triton)
+        if stack.settings.drift.reference_dir is None:  # drift gauges against the served profiles
+            drift = stack.settings.drift.model_copy(update={"reference_dir": served})
+            stack.settings = stack.settings.model_copy(update={"drift": drift})
         for i in range(workers):
             step(f"starting worker {i + 1}/{workers}")
             port = ports.first_worker_metrics + i if ports.first_worker_metrics else None

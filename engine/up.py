@@ -93,7 +93,8 @@ def _demo(stack: Stack, opts: UpOptions, console: Console) -> None:
     settings = stack.settings
     config = settings.kafka.confluent_config()
     log = SendLog()
-    events = generate(load_profiles(opts.model_repository), 10**12, seed=int(time.time()), keys=64)
+    profiles = load_profiles(opts.model_repository, data_rows=True)
+    events = generate(profiles, 10**12, seed=int(time.time()), keys=64)
     producer = PacedProducer(
         config,
         settings.topics.events,
