@@ -129,7 +129,8 @@ def _tensor(raw_inputs: Mapping[str, Any], spec: TensorSpec, limits: LimitSettin
     value = raw_inputs[spec.name]
     if not isinstance(value, list) and spec.dims:
         raise EventError(Reason.BAD_SHAPE, f"input {spec.name!r} must be an array")
-    if isinstance(value, list) and len(value) > limits.max_elements:
+    too_many, has_bool = _scan(value, limits.max_elements) if isinstance(value, list) else (False, False)
+    if too_many:
         raise EventError(Reason.TOO_LARGE, f"input {spec.name!r} has over {limits.max_elements} elements")
     try:
         arr = np.asarray(value)
@@ -143,7 +144,31 @@ def _tensor(raw_inputs: Mapping[str, Any], spec: TensorSpec, limits: LimitSettin
         raise EventError(
             Reason.BAD_SHAPE, f"input {spec.name!r} has shape {list(arr.shape)}, expected {list(spec.dims)}"
         )
+    if has_bool and spec.dtype.kind != "b":  # numpy would quietly turn them into 0/1
+        raise EventError(Reason.BAD_DTYPE, f"input {spec.name!r} holds booleans, expected {spec.dtype.name}")
     return _cast(arr, spec)
+
+
+def _scan(value: list[Any], limit: int) -> tuple[bool, bool]:
+    """(more than ``limit`` elements, holds a boolean) for nested lists, before any array is made.
+
+    Counting stops as soon as the limit is passed, so an oversized input costs
+    about ``limit`` steps and no allocation.
+    """
+    if len(value) > limit:
+        return True, False
+    count, has_bool, stack = 0, False, [value]
+    while stack:
+        items = stack.pop()
+        for item in items:
+            if type(item) is list and item:
+                stack.append(item)
+            else:
+                count += 1
+                if count > limit:
+                    return True, has_bool
+                has_bool = has_bool or item is True or item is False
+    return False, has_bool
 
 
 def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -155,7 +180,7 @@ def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
             Reason.BAD_DTYPE,
             f"input {spec.name!r} holds {_dtype_word(arr)}, expected numbers of {target.name}",
         )
-    if target.kind in "iu" and arr.dtype.kind == "f":
+    if target.kind in "iu" and arr.dtype.kind == "f" and arr.size:  # [] parses as float64
         raise EventError(Reason.BAD_DTYPE, f"input {spec.name!r} holds floats, expected {target.name}")
     with np.errstate(over="ignore", invalid="ignore"):
         out = arr.astype(target)

@@ -1,0 +1,403 @@
+"""Property-based tests of the real decode path: every input is a valid event or a dead letter.
+
+Generated values (over 10,000 across the tests): arbitrary bytes and invalid
+UTF-8, arbitrary JSON documents, near-valid events with one to three faults
+(wrong types at every level, missing and extra fields, NaN/Infinity literals,
+empty, huge and deeply nested arrays, huge ids, nulls), and oversized values.
+The expected outcome comes from :func:`expected_reason`, the event contract
+written as a checklist in the codec's order of checks; the tensor part is
+derived from the nested lists themselves, not from numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import orjson
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import streams.codec as codec
+from engine.errors import Reason
+from engine.modelspec import ModelSpec, TensorSpec
+from engine.records import DeadLetter, Event
+from engine.settings import LimitSettings
+from streams.codec import DecodeContext, decode
+from tests.unit.fakes import raw, spec
+
+LIMITS = LimitSettings(max_message_bytes=4000, max_elements=64, max_id_length=40)
+PAIR = ModelSpec(
+    name="pair",
+    max_batch_size=8,
+    inputs=(
+        TensorSpec("a", np.dtype(np.float32), (2,)),
+        TensorSpec("b", np.dtype(np.int32), (2, -1)),
+    ),
+    outputs=(TensorSpec("y", np.dtype(np.float32), (1,)),),
+)
+MODELS = {"m": spec("m", 3), "pair": PAIR}
+CTX = DecodeContext(models=MODELS, default_model="m", limits=LIMITS)
+I32 = np.iinfo(np.int32)
+
+FUZZ = settings(
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+
+
+# ----------------------------------------------------------------- the oracle
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    """Shape of regular nested lists (a non-list is a scalar); None when ragged."""
+    if not isinstance(value, list):
+        return ()
+    if not value:
+        return (0,)
+    inner = {_shape(item) for item in value}
+    if len(inner) != 1:
+        return None
+    (sub,) = inner
+    return None if sub is None else (len(value), *sub)
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+def _leaf_count(value: Any) -> int:
+    """Elements as the codec counts them: scalars and empty lists."""
+    if isinstance(value, list) and value:
+        return sum(_leaf_count(item) for item in value)
+    return 1
+
+
+def _tensor_reason(value: Any, t: TensorSpec) -> Reason | None:
+    if not isinstance(value, list):
+        return Reason.BAD_SHAPE
+    if _leaf_count(value) > LIMITS.max_elements:
+        return Reason.TOO_LARGE
+    shape = _shape(value)
+    if shape is None or not t.shape_matches(shape):
+        return Reason.BAD_SHAPE
+    leaves = _leaves(value)
+    if any(isinstance(x, bool) or not isinstance(x, int | float) for x in leaves):
+        return Reason.BAD_DTYPE
+    if t.dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            ok = all(np.isfinite(np.float32(x)) for x in leaves)  # representable in FP32
+        return None if ok else Reason.BAD_DTYPE
+    if any(isinstance(x, float) for x in leaves) or any(not I32.min <= x <= I32.max for x in leaves):
+        return Reason.BAD_DTYPE
+    return None
+
+
+def expected_reason(value: bytes | None) -> Reason | None:
+    """The event contract as a checklist; None means a valid event."""
+    if value is None:
+        return Reason.INVALID_JSON
+    if len(value) > LIMITS.max_message_bytes:
+        return Reason.TOO_LARGE
+    try:
+        doc = orjson.loads(value)  # RFC 8259: no NaN/Infinity, UTF-8 only
+    except orjson.JSONDecodeError:
+        return Reason.INVALID_JSON
+    if not isinstance(doc, dict):
+        return Reason.INVALID_EVENT
+    event_id = doc.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        return Reason.MISSING_ID
+    if len(event_id) > LIMITS.max_id_length:
+        return Reason.TOO_LARGE
+    model = doc.get("model")
+    if model is not None and not isinstance(model, str):
+        return Reason.INVALID_EVENT
+    target = MODELS.get(model if model is not None else CTX.default_model)
+    if target is None:
+        return Reason.UNKNOWN_MODEL
+    if "inputs" in doc and "features" in doc:
+        return Reason.INVALID_EVENT
+    if "features" in doc:
+        if len(target.inputs) != 1:
+            return Reason.INVALID_EVENT
+        tensors = {target.inputs[0].name: doc["features"]}
+    else:
+        tensors = doc.get("inputs")
+        if not isinstance(tensors, dict):
+            return Reason.MISSING_INPUT
+        names = {t.name for t in target.inputs}
+        if names - tensors.keys():
+            return Reason.MISSING_INPUT
+        if tensors.keys() - names:
+            return Reason.INVALID_EVENT
+    for t in target.inputs:
+        reason = _tensor_reason(tensors[t.name], t)
+        if reason is not None:
+            return reason
+    return None
+
+
+def check(value: bytes | None) -> Event | DeadLetter:
+    """Decode ``value`` and assert the outcome is the contract's."""
+    out = decode(raw(value), CTX)
+    want = expected_reason(value)
+    event(f"outcome: {want.value if want else 'event'}")
+    if want is None:
+        assert isinstance(out, Event), (value, out)
+        doc = orjson.loads(value or b"")
+        assert out.id == doc["id"]
+        for t in MODELS[out.model].inputs:
+            arr = out.inputs[t.name]
+            assert arr.dtype == t.dtype and t.shape_matches(arr.shape)
+            assert np.isfinite(arr).all()
+    else:
+        assert isinstance(out, DeadLetter), (value, want, out)
+        assert out.reason is want, (value, want, out.reason, out.message)
+        assert out.message and len(out.message) < 2000
+        assert out.record.value is value  # the original bytes go to the DLQ unchanged
+    return out
+
+
+# ---------------------------------------------------------------- strategies
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=6), inner, max_size=5),
+    max_leaves=12,
+)
+numbers = st.one_of(
+    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), st.integers(min_value=-1000, max_value=1000)
+)
+ids = st.text(min_size=1, max_size=LIMITS.max_id_length)
+
+
+def _nested(depth: int, leaf: Any) -> Any:
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+# One fault each: (name, value or strategy). Faults replace a part of a valid document.
+bad_values = st.one_of(
+    json_values,
+    st.lists(numbers, min_size=0, max_size=5),
+    st.lists(numbers, min_size=LIMITS.max_elements + 1, max_size=LIMITS.max_elements + 40),
+    st.lists(st.lists(numbers, min_size=8, max_size=8), min_size=9, max_size=12),  # nested, too many
+    st.integers(min_value=1, max_value=60).map(lambda d: _nested(d, 1.0)),  # deep nesting
+    st.lists(st.sampled_from([1e39, -1e39, 3.5e38, 2**40, True, None, "1", {}, []]), min_size=3, max_size=3),
+)
+
+
+tensor_scalars = st.one_of(
+    numbers,
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.sampled_from([1e39, -3.5e38, 3.4e38, 2**31, -(2**31) - 1, 0.5, True, False, None, "", "1", {}, []]),
+)
+
+
+leaves = st.one_of(numbers, numbers, numbers, numbers, numbers, numbers, tensor_scalars)
+
+
+def _reshape(flat: list[Any], shape: list[int]) -> Any:
+    if len(shape) == 1:
+        return flat
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_reshape(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+@st.composite
+def tensor_for(draw: st.DrawFn, dims: tuple[int, ...]) -> Any:
+    """A value for an input of ``dims``: right or wrong shape, ragged, deep, huge, empty, scalar."""
+    shape = [d if d >= 0 else draw(st.integers(0, 4)) for d in dims]
+    mode = draw(st.sampled_from(["exact"] * 4 + ["reshaped", "ragged", "scalar", "deep", "huge", "empty"]))
+    if mode == "scalar":
+        return draw(tensor_scalars | json_values)
+    if mode == "empty":
+        return []
+    if mode == "huge":
+        return [0.5] * draw(st.integers(LIMITS.max_elements + 1, LIMITS.max_elements + 50))
+    if mode == "reshaped":
+        shape = draw(st.lists(st.integers(0, 5), min_size=1, max_size=3))
+    n = 1
+    for d in shape:
+        n *= d
+    value = _reshape(draw(st.lists(leaves, min_size=n, max_size=n)), shape)
+    if mode == "ragged" and value:
+        i = draw(st.integers(0, len(value) - 1))
+        value[i] = value[i] + [1.0] if isinstance(value[i], list) else [value[i]]
+    if mode == "deep":
+        for _ in range(draw(st.integers(1, 40))):
+            value = [value]
+    return value
+
+
+@st.composite
+def tensor_events(draw: st.DrawFn) -> bytes:
+    """A well-formed event whose tensors come from :func:`tensor_for`."""
+    if draw(st.booleans()):
+        return orjson.dumps({"id": "t", "features": draw(tensor_for((3,)))})
+    inputs = {"a": draw(tensor_for((2,))), "b": draw(tensor_for((2, -1)))}
+    return orjson.dumps({"id": "t", "model": "pair", "inputs": inputs})
+
+
+@st.composite
+def near_valid_events(draw: st.DrawFn) -> bytes:
+    """A valid event for one of the models, then one to three faults."""
+    model = draw(st.sampled_from(["m", "pair", None]))
+    doc: dict[str, Any] = {"id": draw(ids)}
+    if model == "pair":
+        doc["model"] = "pair"
+        rows = draw(st.integers(min_value=0, max_value=4))
+        ints = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+        doc["inputs"] = {
+            "a": draw(st.lists(numbers, min_size=2, max_size=2)),
+            "b": draw(st.lists(st.lists(ints, min_size=rows, max_size=rows), min_size=2, max_size=2)),
+        }
+    else:
+        if model:
+            doc["model"] = model
+        features = draw(st.lists(numbers, min_size=3, max_size=3))
+        if draw(st.booleans()):
+            doc["features"] = features
+        else:
+            doc["inputs"] = {"features": features}
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        fault = draw(
+            st.sampled_from(
+                ["drop", "retype", "extra", "input", "element", "huge_id", "null_model", "unknown_model"]
+            )
+        )
+        _apply(draw, doc, fault)
+    return orjson.dumps(doc)
+
+
+def _apply(draw: st.DrawFn, doc: dict[str, Any], fault: str) -> None:
+    keys = ["id", "model", "inputs", "features"]
+    if fault == "drop":
+        doc.pop(draw(st.sampled_from(keys)), None)
+    elif fault == "retype":
+        doc[draw(st.sampled_from(keys))] = draw(json_values)
+    elif fault == "extra":
+        doc[draw(st.text(max_size=8))] = draw(json_values)
+    elif fault == "huge_id":
+        doc["id"] = "x" * draw(st.integers(min_value=LIMITS.max_id_length + 1, max_value=400))
+    elif fault == "null_model":
+        doc["model"] = None
+    elif fault == "unknown_model":
+        doc["model"] = draw(st.text(max_size=70))
+    else:
+        tensors = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else None
+        if fault == "input" and tensors is not None:
+            tensors[draw(st.sampled_from(["features", "a", "b", "zz"]))] = draw(bad_values)
+        elif fault == "element":
+            target = doc.get("features", tensors and next(iter(tensors.values()), None))
+            if isinstance(target, list) and target:
+                target[draw(st.integers(0, len(target) - 1))] = draw(bad_values | scalars)
+
+
+# --------------------------------------------------------------------- tests
+
+
+@settings(FUZZ, max_examples=2500)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_are_an_event_or_a_dead_letter(value: bytes) -> None:
+    check(value)
+
+
+@settings(FUZZ, max_examples=1500)
+@given(st.binary(min_size=1, max_size=40), st.integers(min_value=0, max_value=60))
+def test_invalid_utf8_inside_a_valid_event_is_invalid_json(junk: bytes, at: int) -> None:
+    valid = orjson.dumps({"id": "abc", "features": [1.0, 2.0, 3.0], "note": "x" * 20})
+    at = min(at, len(valid))
+    value = valid[:at] + b"\xff" + junk + valid[at:]
+    out = check(value)
+    assert isinstance(out, DeadLetter) and out.reason is Reason.INVALID_JSON
+
+
+@settings(FUZZ, max_examples=1000)
+@given(json_values)
+def test_arbitrary_json_documents_follow_the_contract(doc: Any) -> None:
+    check(orjson.dumps(doc))
+
+
+@settings(FUZZ, max_examples=2500)
+@given(tensor_events())
+def test_tensors_of_any_shape_and_element_type_get_the_right_reason(value: bytes) -> None:
+    check(value)
+
+
+@settings(FUZZ, max_examples=2000)
+@given(near_valid_events())
+def test_near_valid_events_with_faults_get_the_right_reason(value: bytes) -> None:
+    check(value)
+
+
+@settings(FUZZ, max_examples=500)
+@given(
+    st.sampled_from(["NaN", "-NaN", "Infinity", "-Infinity", "1e400", "-1e999"]),
+    st.integers(min_value=0, max_value=2),
+    st.sampled_from(["features", "id", "model"]),
+)
+def test_nan_and_infinity_literals_are_invalid_json(literal: str, position: int, field: str) -> None:
+    values = ["1.0", "2.0", "3.0"]
+    values[position] = literal
+    features = "[" + ", ".join(values) + "]"
+    doc = {"features": features, "id": '"a"', "model": '"m"'}
+    doc[field] = literal if field != "features" else features
+    value = ("{" + ", ".join(f'"{k}": {v}' for k, v in doc.items()) + "}").encode()
+    out = check(value)
+    assert isinstance(out, DeadLetter) and out.reason is Reason.INVALID_JSON
+
+
+@settings(FUZZ, max_examples=500)
+@given(st.integers(min_value=LIMITS.max_message_bytes + 1, max_value=5 * LIMITS.max_message_bytes))
+def test_values_over_the_byte_limit_are_too_large_before_parsing(size: int) -> None:
+    head = b'{"id": "a", "features": [1, 2, 3], "pad": "'
+    value = head + b"x" * (size - len(head) - 2) + b'"}'
+    with mock.patch.object(codec.orjson, "loads", side_effect=AssertionError("parsed over the limit")):
+        out = decode(raw(value), CTX)
+    assert isinstance(out, DeadLetter) and out.reason is Reason.TOO_LARGE
+
+
+@settings(FUZZ, max_examples=500)
+@given(
+    st.integers(min_value=1, max_value=30),
+    st.integers(min_value=2, max_value=40),
+    st.integers(min_value=1, max_value=4),
+)
+def test_inputs_over_the_element_limit_are_too_large_before_any_array_is_made(
+    rows: int, cols: int, depth: int
+) -> None:
+    features = _nested(depth - 1, [[0.5] * cols for _ in range(rows)])
+    value = orjson.dumps({"id": "a", "features": features})
+    with mock.patch.object(codec.np, "asarray", wraps=np.asarray) as asarray:
+        out = check(value)
+    if rows * cols > LIMITS.max_elements:
+        assert isinstance(out, DeadLetter) and out.reason is Reason.TOO_LARGE
+        assert not asarray.called, "an array was built for an input over the element limit"
+    else:
+        assert isinstance(out, DeadLetter) and out.reason is Reason.BAD_SHAPE  # [30] wanted
+
+
+def test_null_key_and_null_value_are_handled() -> None:
+    assert isinstance(decode(raw(orjson.dumps({"id": "a", "features": [1, 2, 3]}), key=None), CTX), Event)
+    out = decode(raw(None, key=None), CTX)
+    assert isinstance(out, DeadLetter) and out.reason is Reason.INVALID_JSON
+
+
+def test_depth_past_the_json_parser_limit_is_invalid_json() -> None:
+    value = b'{"id": "a", "features": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    out = decode(raw(value), DecodeContext(MODELS, "m", LimitSettings()))
+    assert isinstance(out, DeadLetter) and out.reason is Reason.INVALID_JSON
