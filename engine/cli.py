@@ -120,6 +120,46 @@ def tail(
 
 
 @app.command()
+def replay(
+    reason: Annotated[
+        Optional[list[str]], typer.Option("--reason", help="Only this error.reason (repeatable).")
+    ] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Replay at most N dead letters.")] = None,
+    to: Annotated[Optional[str], typer.Option("--to", help="Target topic (default: their source).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be replayed.")] = False,
+    bootstrap: Bootstrap = None,
+    dlq_topic: DlqTopic = None,
+    events_topic: EventsTopic = None,
+) -> None:
+    """Republish dead letters' original bytes (key, headers) to the input topic after a fix."""
+    from engine.errors import Reason
+    from engine.replay import replay as run_replay
+
+    unknown = sorted(set(reason or ()) - {r.value for r in Reason})
+    if unknown:
+        console.print(f"unknown reason(s) {unknown}; known: {', '.join(r.value for r in Reason)}")
+        raise typer.Exit(2)
+    settings = load_settings(
+        **{"kafka.bootstrap_servers": bootstrap, "topics.dlq": dlq_topic, "topics.events": events_topic}
+    )
+    report = run_replay(
+        settings.kafka.confluent_config(),
+        settings.topics.dlq,
+        settings.topics.events,
+        reasons=reason,
+        limit=limit,
+        to_topic=to,
+        dry_run=dry_run,
+    )
+    verb = "would replay" if dry_run else "replayed"
+    chosen = sum(report.by_reason.values())
+    console.print(
+        f"{verb} {chosen} of {report.read} dead letters from {settings.topics.dlq!r} "
+        f"by reason {dict(report.by_reason)} to {dict(report.by_topic)}; skipped {report.skipped}"
+    )
+
+
+@app.command()
 def up(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes to start.")] = 2,
     demo_rate: Annotated[float, typer.Option(help="Publish synthetic events at this rate (0: none).")] = 0.0,
