@@ -82,6 +82,7 @@ class KafkaSink:
         self._retry_pause_s = retry_pause_s
         self._running = True
         self.last_error: str | None = None
+        self._retries: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._poll_loop, name="sink-poll", daemon=True)
         self._thread.start()
 
@@ -132,7 +133,9 @@ class KafkaSink:
             await self._produce_all(failed, delivery)
 
         if self._running:
-            self._loop.create_task(retry())
+            task = self._loop.create_task(retry())
+            self._retries.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._retries.discard)
 
     def _poll_loop(self) -> None:
         while self._running:
