@@ -181,11 +181,13 @@ def start_triton(
     models: Sequence[str] | None = None,
     otlp_endpoint: str | None = None,
     timeout: float = 120,
+    extra_args: Sequence[str] = (),
 ) -> TritonProcess:
     """Start tritonserver (CPU, explicit model control) and wait for all models.
 
     ``models=None`` loads every sub-directory with a ``config.pbtxt``.
     ``otlp_endpoint`` (an OTLP/HTTP traces URL) turns on OpenTelemetry tracing.
+    ``extra_args`` go last on the command line (e.g. ``--grpc-use-ssl=true``).
     """
     paths = find_tritonserver()
     work_dir = Path(work_dir).resolve()
@@ -199,7 +201,7 @@ def start_triton(
         names,
         (http_port, grpc_port, metrics_port),
         otlp_endpoint,
-    )
+    ) + list(extra_args)
     lib_dirs = [d for d in (paths.python_lib_dir, paths.libs_dir) if d is not None]
     env = child_env(
         {"PYTHONDONTWRITEBYTECODE": "1"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
@@ -29,9 +29,11 @@ def produce(
     bootstrap: str,
     topic: str,
     records: Iterable[tuple[bytes | None, bytes | None, Sequence[Header]]],
+    client_config: Mapping[str, str] | None = None,
 ) -> int:
     """Produce ``(key, value, headers)`` records in order; raises unless all are acked."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False})
+    conf = {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": False}
+    producer = Producer(conf | dict(client_config or {}))
     errors: list[object] = []
     sent = 0
 
@@ -59,6 +61,7 @@ def collect(
     done: Callable[[dict[str, list[Msg]]], bool],
     timeout: float,
     settle: float = 0.0,
+    client_config: Mapping[str, str] | None = None,
 ) -> dict[str, list[Msg]]:
     """Read ``topics`` from the beginning until ``done(messages)``, then ``settle`` seconds more.
 
@@ -72,6 +75,7 @@ def collect(
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 10,
         }
+        | dict(client_config or {})
     )
     metadata = consumer.list_topics(timeout=10)
     consumer.assign(
