@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -106,6 +107,17 @@ def describe(msg: Any) -> str:
     return " ".join(parts) + f" {value}"
 
 
+class _LastClientError(logging.Handler):
+    """Keeps the last librdkafka log line (they say why a connection failed)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage().split("]: ")[-1]
+
+
 def wait_for_kafka(
     config: Mapping[str, str],
     *,
@@ -116,31 +128,41 @@ def wait_for_kafka(
 ) -> int:
     """Block until a metadata request to the cluster succeeds; returns the failed attempts.
 
-    Each failure is logged as one clear warning naming the bootstrap servers,
+    Each failure is logged as one clear warning naming the bootstrap servers
+    and the client's last error (refused connection, TLS or SASL failure),
     then retried after a growing pause (up to ``max_pause_s``). ``config`` is
-    the full client config (security settings included), so a TLS or SASL
-    mistake shows up here too.
+    the full client config, security settings included.
     """
     from confluent_kafka.admin import AdminClient
 
     bootstrap = config.get("bootstrap.servers", "?")
-    admin = AdminClient({**config, "logger": log})
+    client_log = logging.getLogger(f"{__name__}.probe")
+    client_log.propagate = False
+    errors = _LastClientError()
+    client_log.addHandler(errors)
+    conf: dict[str, Any] = {**config, "logger": client_log}
+    admin = AdminClient(conf)
     failures, pause = 0, 0.5
-    while True:
-        try:
-            admin.list_topics(timeout=attempt_timeout_s)
-        except KafkaException as err:
-            failures += 1
-            log.warning(
-                "Kafka broker %s unreachable (attempt %d: %s); retrying in %.1fs",
-                bootstrap,
-                failures,
-                err.args[0] if err.args else err,
-                pause,
-            )
-            sleep(pause)
-            pause = min(pause * 2, max_pause_s)
-            continue
-        if failures:
-            log.info("Kafka broker %s reachable after %d failed attempts", bootstrap, failures)
-        return failures
+    try:
+        while True:
+            try:
+                admin.list_topics(timeout=attempt_timeout_s)
+                break
+            except KafkaException as err:
+                failures += 1
+                admin.poll(0)  # hands librdkafka's log lines to ``errors``
+                reason = errors.last or (err.args[0] if err.args else err)
+                log.warning(
+                    "Kafka broker %s unreachable (attempt %d: %s); retrying in %.1fs",
+                    bootstrap,
+                    failures,
+                    reason,
+                    pause,
+                )
+                sleep(pause)
+                pause = min(pause * 2, max_pause_s)
+    finally:
+        client_log.removeHandler(errors)
+    if failures:
+        log.info("Kafka broker %s reachable after %d failed attempts", bootstrap, failures)
+    return failures
