@@ -162,6 +162,7 @@ def replay(
 @app.command()
 def up(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes to start.")] = 2,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions per topic (>= workers).")] = 2,
     demo_rate: Annotated[float, typer.Option(help="Publish synthetic events at this rate (0: none).")] = 0.0,
     duration: Annotated[Optional[float], typer.Option(help="Stop after N seconds (default: Ctrl-C).")] = None,
     model_repository: Annotated[Path, typer.Option(help="Model repository.")] = Path("model_repository"),
@@ -179,8 +180,12 @@ def up(
     from engine.stack import StackPorts
     from engine.up import UpOptions, run_up
 
-    # tansu holds every fetch for the full fetch wait: keep it short on the local stack.
-    settings = load_settings(**{"otlp_endpoint": otlp_endpoint, "kafka.fetch_max_wait_ms": 5})
+    # tansu holds every fetch for the full fetch wait and pays per partition per fetch: a short
+    # wait over few partitions keeps latency low without the broker eating a core (docs/benchmarks.md).
+    partitions = max(partitions, workers)  # a worker without a partition would idle
+    settings = load_settings(
+        **{"otlp_endpoint": otlp_endpoint, "kafka.fetch_max_wait_ms": 10, "topics.partitions": partitions}
+    )
     _logging("WARNING")
     ports = StackPorts(kafka_port, triton_http_port, triton_grpc_port, triton_metrics_port, metrics_port)
     opts = UpOptions(
