@@ -56,3 +56,11 @@ models: $(STAMP)
 
 clean:
 	rm -rf .sie reports .mypy_cache .pytest_cache .ruff_cache
+
+.PHONY: soak
+# 10 minutes at 70% of the max sustainable rate (found by a short sweep first; ~13 min in all);
+# RSS per process, p99 and lag over time -> reports/soak/ (soak.json, soak.png, soak.md).
+# SOAK_ARGS e.g. "--minutes 2" or "--rate 400". Not part of `make test`.
+SOAK_ARGS ?=
+soak: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)

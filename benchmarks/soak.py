@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 from rich.console import Console
 
 from benchmarks.report import machine
+from benchmarks.run import FETCH_WAIT_MS, PARTITIONS
 from benchmarks.sweep import SweepConfig, Sweeper, max_sustainable
 from benchmarks.systems import RunningSystem, SystemSpec, start_system
 from engine.embedded import create_topics, free_port, start_broker, start_triton
@@ -60,6 +62,7 @@ class Sample:
     p50_ms: float
     p99_ms: float
     lag: int
+    worker: dict[str, float]  # summed over workers: consumed, predictions, pending, consumer lag
 
 
 def parse(argv: Sequence[str] | None) -> SoakOptions:
@@ -173,7 +176,28 @@ class SteadyRun:
             p50_ms=round(float(p50), 2),
             p99_ms=round(float(p99), 2),
             lag=self.log.sent - self.answered,
+            worker=self._worker_metrics(),
         )
+
+    def _worker_metrics(self) -> dict[str, float]:
+        wanted = {
+            "sie_events_consumed_total": "consumed",
+            "sie_predictions_total": "predictions",
+            "sie_pending_events": "pending",
+            "sie_consumer_lag": "consumer_lag",
+        }
+        out = dict.fromkeys(wanted.values(), 0.0)
+        for w in self._system.workers:
+            try:
+                with urllib.request.urlopen(w.metrics_url, timeout=2) as response:
+                    text = response.read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                name = line.split("{", 1)[0].split(" ", 1)[0]
+                if name in wanted:
+                    out[wanted[name]] += float(line.rsplit(" ", 1)[1])
+        return out
 
     def close(self) -> None:
         """Stop the monitor."""
@@ -296,7 +320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         models=[MODEL],
     )
     base = Settings(
-        kafka={"bootstrap_servers": broker.bootstrap, "session_timeout_s": 6.0, "fetch_max_wait_ms": 5},
+        kafka={
+            "bootstrap_servers": broker.bootstrap,
+            "session_timeout_s": 6.0,
+            "fetch_max_wait_ms": FETCH_WAIT_MS,
+        },
+        topics={"partitions": max(PARTITIONS, opts.workers)},
         triton={"url": triton.grpc_url, "http_url": triton.http_url, "default_model": MODEL},
         log_level="WARNING",
     )
