@@ -8,7 +8,9 @@ repository (``own_triton``), because the tests kill it or make a model slow.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,6 +62,24 @@ def own_triton(tmp_path: Path) -> Iterator[StartTriton]:
     yield start
     for triton in started:
         triton.stop()
+    kill_leftovers(tmp_path)
+
+
+def kill_leftovers(directory: Path) -> None:
+    """SIGKILL processes running from ``directory``.
+
+    After ``kill -9`` of tritonserver its python-backend stubs (started from
+    the backend copy under this test's directory) can outlive it.
+    """
+    marker = str(directory).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def chaos_settings(bootstrap: str, server: TritonProcess, tmp_path: Path, /, **overrides: object) -> Settings:
