@@ -5,13 +5,17 @@ been acknowledged. A record whose delivery fails (broker down past the
 producer's message timeout) is produced again after a pause, without limit:
 the caller never sees a lost record, only a late one, and does not commit
 offsets past it meanwhile.
+
+The producer is polled from the event loop (a task that runs only while
+deliveries are outstanding), not from a thread of its own: every extra Python
+thread competes for the GIL with the loop, and a poll thread measurably
+slowed the whole worker (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -33,33 +37,31 @@ class Sink(Protocol):
 
 
 class _Delivery:
-    """Tracks one ``send`` call's records; runs its callbacks on the poll thread."""
+    """Tracks one ``send`` call's records; its callbacks run inside ``Producer.poll``."""
 
-    __slots__ = ("sink", "future", "remaining", "failed", "lock")
+    __slots__ = ("sink", "future", "remaining", "failed")
 
     def __init__(self, sink: KafkaSink, future: asyncio.Future[None], count: int) -> None:
         self.sink = sink
         self.future = future
         self.remaining = count
         self.failed: list[OutRecord] = []
-        self.lock = threading.Lock()
 
     def callback(self, record: OutRecord) -> Any:
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            with self.lock:
-                if err is not None:
-                    self.failed.append(record)
-                    self.sink.last_error = str(err)
-                self.remaining -= 1
-                finished = self.remaining == 0
-            if finished:
+            if err is not None:
+                self.failed.append(record)
+                self.sink.last_error = str(err)
+            self.sink.answered(1)
+            self.remaining -= 1
+            if self.remaining == 0:
                 self.sink.finished(self)
 
         return on_delivery
 
 
 class KafkaSink:
-    """A confluent-kafka producer with a poll thread and asyncio delivery futures."""
+    """A confluent-kafka producer polled from the event loop, with asyncio delivery futures."""
 
     def __init__(
         self,
@@ -83,8 +85,9 @@ class KafkaSink:
         self._running = True
         self.last_error: str | None = None
         self._retries: set[asyncio.Task[None]] = set()
-        self._thread = threading.Thread(target=self._poll_loop, name="sink-poll", daemon=True)
-        self._thread.start()
+        self._outstanding = 0  # produced, not yet answered by the broker
+        self._wake = asyncio.Event()
+        self._poller = self._loop.create_task(self._poll_loop(), name="sink-poll")
 
     async def send(self, records: Sequence[OutRecord]) -> asyncio.Future[None]:
         """Produce ``records`` in order; see the module docstring."""
@@ -108,12 +111,19 @@ class KafkaSink:
                         headers=list(record.headers) if record.headers else None,
                         on_delivery=delivery.callback(record),
                     )
+                    self._outstanding += 1
                     break
                 except BufferError:
+                    self._producer.poll(0)
                     await asyncio.sleep(0.005)  # local queue full: let deliveries drain
+        self._wake.set()
+
+    def answered(self, n: int) -> None:
+        """``n`` records got the broker's answer (delivered or failed)."""
+        self._outstanding -= n
 
     def finished(self, delivery: _Delivery) -> None:
-        """Called on the poll thread when a ``send`` call's records all have an answer."""
+        """Called from ``poll`` (loop or flush thread) when a ``send`` call's records all have an answer."""
         if not delivery.failed:
             self._loop.call_soon_threadsafe(_resolve, delivery.future)
             return
@@ -137,17 +147,24 @@ class KafkaSink:
             self._retries.add(task)  # the loop keeps only a weak reference
             task.add_done_callback(self._retries.discard)
 
-    def _poll_loop(self) -> None:
+    async def _poll_loop(self) -> None:
+        """Serve delivery callbacks every millisecond while records are outstanding."""
         while self._running:
-            self._producer.poll(0.05)
+            if self._outstanding <= 0:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._producer.poll(0)
+            await asyncio.sleep(0.001)
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Wait for queued records to be delivered, then stop the poll thread."""
+        """Wait for queued records to be delivered, then stop polling."""
+        self._running = False
+        self._wake.set()
+        await asyncio.gather(self._poller, return_exceptions=True)
         remaining = await asyncio.to_thread(self._producer.flush, timeout)
         if remaining:
             log.warning("%d records still undelivered at close", remaining)
-        self._running = False
-        await asyncio.to_thread(self._thread.join, 2.0)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
