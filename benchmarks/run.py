@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker.stop()
     report["targets"] = targets(report["systems"])
     report["seconds"] = time.monotonic() - t0
-    json_path, plot = opts.out / "bench.json", opts.out / "latency.png"
+    json_path, plot = opts.out / "bench.json", opts.docs.parent / "benchmarks-latency.png"
     write_json(report, json_path)
     write_plot(report, plot)
     write_markdown(
