@@ -7,8 +7,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_RATE ?= 1000
-WORKERS ?= 2
+DEMO_RATE ?= 500
+WORKERS ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint unit integration chaos bench bench-quick models clean
