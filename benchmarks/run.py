@@ -22,7 +22,14 @@ from benchmarks.perf import PerfPoint, run_perf
 from benchmarks.report import machine, write_json, write_markdown, write_plot
 from benchmarks.sweep import Level, SweepConfig, Sweeper, max_sustainable
 from benchmarks.systems import SYSTEMS, SystemSpec, start_system
-from engine.embedded import create_topics, free_port, start_broker, start_triton
+from engine.embedded import (
+    BrokerProcess,
+    TritonProcess,
+    create_topics,
+    free_port,
+    start_broker,
+    start_triton,
+)
 from engine.eventgen import generate, load_profiles
 from engine.settings import Settings
 from engine.stack import copy_model_repository
@@ -137,15 +144,13 @@ def targets(systems: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark and write the reports."""
-    opts = parse(argv)
-    console = Console()
-    started, t0 = time.strftime("%Y-%m-%d %H:%M"), time.monotonic()
-    config = SweepConfig(level_s=3.0, factor=2.0) if opts.quick else SweepConfig()
-    work = (opts.out / "work").resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    console.print("[cyan]>[/] starting tansu and tritonserver")
+def start_servers(
+    work: Path, partitions: int, kafka: dict[str, Any] | None = None
+) -> tuple[BrokerProcess, TritonProcess, Settings]:
+    """tansu and tritonserver (``MODEL`` only) in ``work``, and settings pointing at both.
+
+    ``kafka`` adds Kafka settings to the short session and fetch wait every run uses.
+    """
     broker = start_broker(free_port(), work)
     triton = start_triton(
         copy_model_repository(REPO / "model_repository", work),
@@ -159,13 +164,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         kafka={
             "bootstrap_servers": broker.bootstrap,
             "session_timeout_s": 6.0,
-            "heartbeat_interval_s": 0.5,
             "fetch_max_wait_ms": FETCH_WAIT_MS,
+            **(kafka or {}),
         },
         triton={"url": triton.grpc_url, "http_url": triton.http_url, "default_model": MODEL},
-        topics={"partitions": PARTITIONS},
+        topics={"partitions": partitions},
         log_level="WARNING",
     )
+    return broker, triton, base
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and write the reports."""
+    opts = parse(argv)
+    console = Console()
+    started, t0 = time.strftime("%Y-%m-%d %H:%M"), time.monotonic()
+    config = SweepConfig(level_s=3.0, factor=2.0) if opts.quick else SweepConfig()
+    work = (opts.out / "work").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    console.print("[cyan]>[/] starting tansu and tritonserver")
+    broker, triton, base = start_servers(work, PARTITIONS, {"heartbeat_interval_s": 0.5})
     create_topics(broker.bootstrap, {"bench-warmup": 1})
     report: dict[str, Any] = {"machine": machine(), "started": started, "quick": opts.quick, "model": MODEL}
     report |= {"partitions": base.topics.partitions, "systems": {}, "triton_bound": [], "notes": []}

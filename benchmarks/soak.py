@@ -25,17 +25,14 @@ import numpy as np
 from rich.console import Console
 
 from benchmarks.report import machine
-from benchmarks.run import FETCH_WAIT_MS, PARTITIONS
+from benchmarks.run import MODEL, PARTITIONS, REPO, start_servers
 from benchmarks.sweep import SweepConfig, Sweeper, max_sustainable
 from benchmarks.systems import RunningSystem, SystemSpec, start_system
-from engine.embedded import create_topics, free_port, start_broker, start_triton
+from engine.embedded import create_topics
 from engine.eventgen import GeneratedEvent, generate, load_profiles
 from engine.loadgen import PacedProducer, PredictionMonitor, SendLog
 from engine.settings import Settings
-from engine.stack import copy_model_repository
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = "breast_cancer"
 RSS_GROWTH_TARGET = 0.10
 
 
@@ -310,25 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M")
     work = (opts.out / "work").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    broker = start_broker(free_port(), work)
-    triton = start_triton(
-        copy_model_repository(REPO / "model_repository", work),
-        work,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        models=[MODEL],
-    )
-    base = Settings(
-        kafka={
-            "bootstrap_servers": broker.bootstrap,
-            "session_timeout_s": 6.0,
-            "fetch_max_wait_ms": FETCH_WAIT_MS,
-        },
-        topics={"partitions": max(PARTITIONS, opts.workers)},
-        triton={"url": triton.grpc_url, "http_url": triton.http_url, "default_model": MODEL},
-        log_level="WARNING",
-    )
+    broker, triton, base = start_servers(work, max(PARTITIONS, opts.workers))
     create_topics(broker.bootstrap, {"soak-warmup": 1})
     try:
         best = opts.rate / opts.fraction if opts.rate else find_rate(base, work, console)
