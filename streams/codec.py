@@ -14,7 +14,7 @@ as JSON - never evaluated or unpickled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,82 @@ def decode(record: RawRecord, ctx: DecodeContext) -> Event | DeadLetter:
         return DeadLetter(record=record, reason=err.reason, message=err.message)
 
 
-def _decode(record: RawRecord, ctx: DecodeContext) -> Event:
+def decode_many(records: Sequence[RawRecord], ctx: DecodeContext) -> list[Event | DeadLetter]:
+    """:func:`decode` for a batch of records, in order, with the same results.
+
+    Each record's JSON and fields are checked one by one; the tensors of the
+    records that pass go through numpy together, one array per model input for
+    the whole batch. A group that does not convert cleanly in one piece (a
+    ragged or mistyped value somewhere) falls back to record-by-record
+    conversion, so every record gets its own precise reason.
+    """
+    out: list[Event | DeadLetter | None] = [None] * len(records)
+    groups: dict[str, list[tuple[int, _Parsed]]] = {}
+    for i, record in enumerate(records):
+        try:
+            parsed = _parse(record, ctx)
+        except EventError as err:
+            out[i] = DeadLetter(record=record, reason=err.reason, message=err.message)
+            continue
+        if parsed.scan or len(records) == 1:
+            out[i] = _one(parsed, ctx)
+        else:
+            groups.setdefault(parsed.spec.name, []).append((i, parsed))
+    for members in groups.values():
+        items = _tensors_together([p for _, p in members], ctx)
+        for (i, _), item in zip(members, items, strict=True):
+            out[i] = item
+    return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A record whose JSON and fields are valid; its tensors are still lists."""
+
+    record: RawRecord
+    event_id: str
+    spec: ModelSpec
+    route: Route
+    raw_inputs: Mapping[str, Any]
+    scan: bool  # the raw value may hold booleans or too many elements
+
+    @property
+    def route_pin(self) -> tuple[str, str]:
+        """(version, arm) chosen by routing."""
+        return self.route.version, self.route.arm
+
+
+def _tensors_together(group: Sequence[_Parsed], ctx: DecodeContext) -> list[Event | DeadLetter]:
+    spec = group[0].spec
+    columns: dict[str, np.ndarray] = {}
+    for t in spec.inputs:
+        arr = _stacked(t, [p.raw_inputs[t.name] for p in group])
+        if arr is None:
+            return [_one(p, ctx) for p in group]
+        columns[t.name] = arr
+    return [
+        Event(p.event_id, spec.name, {n: a[k] for n, a in columns.items()}, p.record, *p.route_pin)
+        for k, p in enumerate(group)
+    ]
+
+
+def _stacked(spec: TensorSpec, values: list[Any]) -> np.ndarray | None:
+    """One array of ``spec``'s dtype with the batch axis first, or None if any value needs a closer look."""
+    if any(d < 0 for d in spec.dims) or not spec.dims:
+        return None
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    target = spec.dtype
+    if arr.shape != (len(values), *spec.dims) or arr.dtype.kind not in _NUMERIC_KINDS:
+        return None
+    if target.kind in "iu" and arr.dtype.kind == "f" or not _in_range(arr, target):
+        return None
+    return arr.astype(target, copy=False)
+
+
+def _parse(record: RawRecord, ctx: DecodeContext) -> _Parsed:
     value = record.value
     if value is None:
         raise EventError(Reason.INVALID_JSON, "record has no value (tombstone)")
@@ -66,8 +141,27 @@ def _decode(record: RawRecord, ctx: DecodeContext) -> Event:
     event_id = _event_id(doc, ctx.limits)
     spec, route = _model(doc, ctx, record, event_id)
     raw_inputs = _raw_inputs(doc, spec)
-    inputs = {t.name: _tensor(raw_inputs, t, ctx.limits) for t in spec.inputs}
-    return Event(event_id, spec.name, inputs, record, version=route.version, arm=route.arm)
+    # Cheap tests on the raw bytes decide whether the element-by-element scan is needed:
+    # a JSON value of n bytes holds at most n elements, and one without the words true/false
+    # holds no booleans.
+    scan = len(value) > ctx.limits.max_elements or b"true" in value or b"false" in value
+    return _Parsed(record, event_id, spec, route, raw_inputs, scan)
+
+
+def _decode(record: RawRecord, ctx: DecodeContext) -> Event:
+    return _event(_parse(record, ctx), ctx)
+
+
+def _event(p: _Parsed, ctx: DecodeContext) -> Event:
+    inputs = {t.name: _tensor(p.raw_inputs, t, ctx.limits, p.scan) for t in p.spec.inputs}
+    return Event(p.event_id, p.spec.name, inputs, p.record, version=p.route.version, arm=p.route.arm)
+
+
+def _one(p: _Parsed, ctx: DecodeContext) -> Event | DeadLetter:
+    try:
+        return _event(p, ctx)
+    except EventError as err:
+        return DeadLetter(record=p.record, reason=err.reason, message=err.message)
 
 
 def _kind(value: Any) -> str:
@@ -125,11 +219,17 @@ def _raw_inputs(doc: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
     return inputs
 
 
-def _tensor(raw_inputs: Mapping[str, Any], spec: TensorSpec, limits: LimitSettings) -> np.ndarray:
+def _tensor(
+    raw_inputs: Mapping[str, Any], spec: TensorSpec, limits: LimitSettings, scan: bool = True
+) -> np.ndarray:
+    """One input as an array of the spec's dtype and shape; ``scan=False`` when the raw value
+    can hold neither booleans nor more than ``limits.max_elements`` elements."""
     value = raw_inputs[spec.name]
     if not isinstance(value, list) and spec.dims:
         raise EventError(Reason.BAD_SHAPE, f"input {spec.name!r} must be an array")
-    too_many, has_bool = _scan(value, limits.max_elements) if isinstance(value, list) else (False, False)
+    too_many, has_bool = (
+        _scan(value, limits.max_elements) if scan and isinstance(value, list) else (False, False)
+    )
     if too_many:
         raise EventError(Reason.TOO_LARGE, f"input {spec.name!r} has over {limits.max_elements} elements")
     try:
@@ -182,13 +282,24 @@ def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
         )
     if target.kind in "iu" and arr.dtype.kind == "f" and arr.size:  # [] parses as float64
         raise EventError(Reason.BAD_DTYPE, f"input {spec.name!r} holds floats, expected {target.name}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = arr.astype(target)
-    if target.kind == "f" and not np.isfinite(out).all():
+    if arr.size and not _in_range(arr, target):
         raise EventError(Reason.BAD_DTYPE, f"input {spec.name!r} has values out of range for {target.name}")
-    if target.kind in "iu" and not np.array_equal(out, arr):
-        raise EventError(Reason.BAD_DTYPE, f"input {spec.name!r} has values out of range for {target.name}")
-    return out
+    return arr.astype(target)
+
+
+def _in_range(arr: np.ndarray, target: np.dtype[Any]) -> bool:
+    """Whether the cast to ``target`` keeps every value (finite, and exact for integers).
+
+    One reduction settles the usual case; only values near the limits pay for
+    the exact check under ``np.errstate`` (which is slow to enter).
+    """
+    if target.kind == "f":
+        if np.abs(arr).max() <= np.finfo(target).max:  # nan fails the comparison
+            return True
+        with np.errstate(over="ignore", invalid="ignore"):
+            return bool(np.isfinite(arr.astype(target)).all())  # a value may round down to max
+    info = np.iinfo(target)
+    return bool(arr.min() >= info.min and arr.max() <= info.max)
 
 
 def _dtype_word(arr: np.ndarray) -> str:

@@ -24,7 +24,7 @@ from engine.errors import Reason
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event
 from engine.settings import LimitSettings
-from streams.codec import DecodeContext, decode
+from streams.codec import DecodeContext, decode, decode_many
 from tests.unit.fakes import raw, spec
 
 LIMITS = LimitSettings(max_message_bytes=4000, max_elements=64, max_id_length=40)
@@ -401,3 +401,54 @@ def test_depth_past_the_json_parser_limit_is_invalid_json() -> None:
     value = b'{"id": "a", "features": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     out = decode(raw(value), DecodeContext(MODELS, "m", LimitSettings()))
     assert isinstance(out, DeadLetter) and out.reason is Reason.INVALID_JSON
+
+
+# ------------------------------------------------------- batches (decode_many)
+
+
+def check_batch(values: list[bytes]) -> None:
+    """``decode_many`` gives each value of a batch the outcome ``decode`` gives it alone."""
+    records = [raw(v, offset=i) for i, v in enumerate(values)]
+    outs = decode_many(records, CTX)
+    assert len(outs) == len(values)
+    for record, out in zip(records, outs, strict=True):
+        alone = decode(record, CTX)
+        assert out.record is record
+        if isinstance(alone, DeadLetter):
+            assert isinstance(out, DeadLetter) and out.reason is alone.reason, (record.value, alone, out)
+        else:
+            assert isinstance(out, Event), (record.value, out)
+            assert (out.id, out.model) == (alone.id, alone.model)
+            for name, arr in alone.inputs.items():
+                assert out.inputs[name].dtype == arr.dtype
+                np.testing.assert_array_equal(out.inputs[name], arr)
+
+
+valid_events = st.builds(
+    lambda i, xs: orjson.dumps({"id": f"e{i}", "features": xs}),
+    st.integers(0, 10**6),
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=3, max_size=3),
+)
+
+
+@settings(FUZZ, max_examples=600)
+@given(st.lists(st.one_of(valid_events, tensor_events(), near_valid_events()), min_size=1, max_size=12))
+def test_a_batch_of_mixed_events_decodes_like_each_event_alone(values: list[bytes]) -> None:
+    check_batch(values)
+
+
+@settings(FUZZ, max_examples=300)
+@given(st.lists(valid_events, min_size=2, max_size=40), st.integers(0, 39), tensor_events())
+def test_one_bad_tensor_in_a_valid_batch_gets_its_own_reason(
+    values: list[bytes], at: int, odd: bytes
+) -> None:
+    values[at % len(values)] = odd
+    check_batch(values)
+
+
+def test_a_valid_batch_is_converted_in_one_piece() -> None:
+    values = [orjson.dumps({"id": f"e{i}", "features": [i, 2.5, -1.0]}) for i in range(50)]
+    with mock.patch.object(codec, "_tensor", side_effect=AssertionError("per-event path used")):
+        outs = decode_many([raw(v) for v in values], CTX)
+    assert all(isinstance(o, Event) for o in outs)
+    assert [o.inputs["features"][0] for o in outs if isinstance(o, Event)] == list(range(50))
