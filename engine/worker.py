@@ -27,7 +27,7 @@ from observability.metrics import EngineMetrics, create_metrics
 from observability.otel_setup import configure_tracing
 from observability.server import serve
 from observability.tracing import INSTRUMENTATION, NO_TRACING, OtelTracing, PipelineTracing
-from streams.app import Submit, add_inference_agent, create_app
+from streams.app import Submit, add_batch_consumer, create_app
 from streams.codec import DecodeContext
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Worker:
         self._building: asyncio.Future[Pipeline] | None = None
         self.backend: TritonBackend | None = None
         self._triton_ok = False
-        add_inference_agent(self.app, settings, self._submit)
+        add_batch_consumer(self.app, settings, self._submit)
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         self.app.sensors.add(EngineSensor(self.metrics))
         lag = ConsumerLag(self.app, self.metrics, input_topics(settings))

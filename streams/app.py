@@ -1,11 +1,15 @@
-"""The Faust app and its agent: consume input records, hand chunks to the pipeline.
+"""The Faust app, and batch delivery of its input topics to the pipeline.
 
-The agent pulls chunks with ``take_events`` (size and deadline), turns each
-Faust event into a :class:`~engine.records.RawRecord` and holds an extra
-reference on its message, so Faust does not commit its offset when the chunk
-is yielded. The pipeline releases that reference (``event.ack()``) once the
-record's prediction or dead letter is acknowledged by the broker; Faust then
-commits up to the highest offset below which every record is acknowledged.
+Faust runs the consumer group, rebalances, offset commits and the worker's
+lifecycle. Consumed records do not go through Faust's per-event streams: the
+app's consumer hands each fetched batch to :func:`add_batch_consumer`'s
+handler (see :mod:`streams.transport` for why), which turns aiokafka's records
+into :class:`~engine.records.RawRecord` values and submits them to the
+pipeline. Each partition's part of a batch shares a
+:class:`~engine.records.Completion`; when every record in it has its
+prediction or dead letter acknowledged by the broker, its offsets are
+acknowledged to Faust, which then commits up to the highest offset below which
+every record is acknowledged.
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import faust
-from faust.types import EventT
 
 from engine.records import Completion, RawRecord, SourceRef
 from engine.routing import input_topics
 from engine.settings import KafkaSettings, Settings
-from streams.transport import EngineApp
+from streams.transport import BatchHandler, EngineApp, FetchedBatch
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
     return None
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings) -> EngineApp:
     """A Faust app configured from ``settings`` (the app id is the consumer group)."""
     kafka = settings.kafka
     hosts = ";".join(f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(","))
@@ -65,7 +69,6 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=kafka.heartbeat_interval_s,
         broker_commit_interval=kafka.commit_interval_s,
         broker_max_poll_records=kafka.max_poll_records,
-        stream_buffer_maxsize=max(4 * settings.batch.max_size, 4096),
         consumer_auto_offset_reset=kafka.auto_offset_reset,
         topic_disable_leader=True,
         topic_allow_declare=False,
@@ -79,55 +82,55 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-def to_raw(events: Sequence[EventT], completion: Completion, now: float) -> list[RawRecord]:
-    """Records for a chunk of Faust events; each holds a reference until delivered."""
-    records = []
-    for event in events:
-        msg = event.message
-        msg.incref()
-        raw_headers: Any = msg.headers.items() if isinstance(msg.headers, dict) else (msg.headers or ())
-        records.append(
-            RawRecord(
-                key=msg.key,
-                value=msg.value,
-                headers=tuple((str(k), bytes(v or b"")) for k, v in raw_headers),
-                source=SourceRef(
-                    topic=msg.topic,
-                    partition=msg.partition,
-                    offset=msg.offset,
-                    timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
-                ),
-                received_at=now,
-                completion=completion,
-            )
-        )
-    return records
+def to_raw(records: Sequence[Any], completion: Completion, now: float) -> list[RawRecord]:
+    """Pipeline records for aiokafka ``ConsumerRecord`` values sharing one completion."""
+    out = []
+    for r in records:
+        headers = tuple((str(k), bytes(v or b"")) for k, v in r.headers) if r.headers else ()
+        stamp = r.timestamp if r.timestamp and r.timestamp > 0 else None
+        source = SourceRef(r.topic, r.partition, r.offset, stamp)
+        out.append(RawRecord(r.key, r.value, headers, source, now, completion))
+    return out
 
 
-def _acker(events: Sequence[EventT]) -> Callable[[], None]:
-    def ack_all() -> None:
-        for event in events:
-            event.ack()
+def batch_handler(app: EngineApp, get_submit: Callable[[], Awaitable[Submit]], chunk: int) -> BatchHandler:
+    """The handler :class:`EngineApp`'s consumer calls with each fetched batch.
 
-    return ack_all
+    The batch goes to the pipeline in chunks of at most ``chunk`` records, so
+    the pipeline's backpressure (``submit`` waits while it is full) bounds what
+    a worker holds whatever the fetch size.
+    """
+
+    async def handle(batch: FetchedBatch) -> None:
+        submit = await get_submit()
+        consumer = app.consumer
+        now = time.monotonic()
+        records: list[RawRecord] = []
+        for tp, recs in batch:
+            offsets = [r.offset for r in recs]
+            done = partial(consumer.ack_offsets, tp, offsets)  # type: ignore[attr-defined]
+            records.extend(to_raw(recs, Completion(len(recs), done), now))
+        for start in range(0, len(records), chunk):
+            await submit(records[start : start + chunk])
+
+    return handle
 
 
-def add_inference_agent(
-    app: faust.App,
+def add_batch_consumer(
+    app: EngineApp,
     settings: Settings,
     get_submit: Callable[[], Awaitable[Submit]],
 ) -> None:
-    """Register the agent reading the input topic; ``get_submit`` yields the pipeline's entry."""
+    """Subscribe the input topics and deliver their records to the pipeline in batches.
+
+    ``get_submit`` builds the pipeline (once) and returns its entry; it is also
+    called when the app starts, so the worker is ready before the first event.
+    """
     topics = input_topics(settings)  # the events topic, then routing.topic_models' topics
-    topic = app.topic(*topics, key_type=bytes, value_type=bytes, internal=False)
-    chunk = max(settings.batch.max_size, 1)
-    # With adaptive batching the pipeline's batcher owns the deadline: hand chunks over at once.
-    within = 0.001 if settings.batch.adaptive else max(settings.batch.max_delay_ms / 1000.0, 0.001)
+    app.topics.add(app.topic(*topics, key_type=bytes, value_type=bytes, internal=False))
+    app.batch_handler = batch_handler(app, get_submit, max(settings.batch.max_size, 1))
 
-    async def infer(stream: Any) -> None:
-        submit = await get_submit()
-        async for events in stream.take_events(chunk, within=within):
-            records = to_raw(events, Completion(len(events), _acker(events)), time.monotonic())
-            await submit(records)
+    async def build_pipeline() -> None:
+        await get_submit()
 
-    app.agent(topic, name="inference", concurrency=1)(infer)
+    app.task(build_pipeline)

@@ -1,22 +1,46 @@
-"""Faust's aiokafka transport with a configurable consumer fetch wait.
+"""Faust's aiokafka transport, tuned for the engine: batch delivery and a configurable fetch wait.
 
-faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for its consumer. Apache
+**Batch delivery.** Faust hands each consumed message to its streams one at a
+time: ``Consumer._drain_messages`` awaits ``wait_first(callback(message), ...)``
+per message (two asyncio tasks each), the conductor wraps it in an ``Event``
+and queues it, the agent's stream takes it off the queue again, and every
+message is tracked, sensed and acked on its own. On the local broker a bare
+agent doing nothing but that topped out near 4,000 events/s on this machine
+(docs/benchmarks.md). When an :class:`EngineApp` has a ``batch_handler``, its
+consumer skips that machinery: each fetched batch (aiokafka's records, grouped
+by partition) goes to the handler in one call, and the handler's records are
+acknowledged in bulk with :meth:`EngineConsumer.ack_offsets`. Everything else
+stays Faust's: the consumer group and rebalances, flow control, the periodic
+commit of the highest offset below which every record is acknowledged, the
+watchdogs, and waiting for outstanding records before partitions are revoked
+or the worker stops (:meth:`EngineConsumer.wait_empty`).
+
+**Fetch wait.** faust-streaming hard-codes ``fetch_max_wait_ms=1500``. Apache
 Kafka answers a fetch as soon as ``fetch.min.bytes`` (1) is there, so that
 value only matters on an idle topic; brokers that hold every fetch until the
 wait expires (the local ``tansu`` broker does) would add up to 1.5 s to each
-event's latency. :class:`EngineApp` builds its consumer with
-``KafkaSettings.fetch_max_wait_ms`` instead. (aiokafka's per-partition prefetch
-backoff stays at its 100 ms: shorter backoffs made fetches smaller and, on this
-machine, cost more throughput than they saved latency.)
+event's latency. The consumer is built with ``EngineApp.fetch_max_wait_ms``.
+(aiokafka's per-partition prefetch backoff stays at its 100 ms: shorter
+backoffs made fetches smaller and, on this machine, cost more throughput than
+they saved latency.)
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TransportT
+from faust.types import TP, TransportT
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
+# One fetched batch: per partition, aiokafka's ConsumerRecords in offset order.
+FetchedBatch = Sequence[tuple[TP, Sequence[Any]]]
+BatchHandler = Callable[[FetchedBatch], Awaitable[None]]
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -27,19 +51,97 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-class _Consumer(faust_aiokafka.Consumer):
+class EngineConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer with batch delivery (see the module docstring)."""
+
+    _in_hand: int = 0  # records handed to the batch handler and not yet acknowledged
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
+        handler: BatchHandler | None = getattr(self.app, "batch_handler", None)
+        if handler is None:
+            await super()._drain_messages(fetcher)
+            return
+        stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        try:
+            while not (stopped() or fetcher_stopped()):
+                records, active = await self._wait_next_records(1.0)
+                await asyncio.sleep(0)
+                if not records or self.should_stop:
+                    continue
+                if not self.flow_active:  # a rebalance began: those records will be read again
+                    await self.perform_seek()
+                    continue
+                batch = await self._fresh(records, active)
+                if batch:
+                    self._in_hand += sum(len(recs) for _, recs in batch)
+                    await handler(batch)
+                if self._commit_every is not None and self._n_acked >= self._commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+        except self.consumer_stopped_errors:
+            if not self.transport.app.should_stop:
+                raise
+        except asyncio.CancelledError:
+            if not self.transport.app.should_stop:
+                raise
+
+    async def _fresh(self, records: Any, active: set[TP] | None) -> list[tuple[TP, list[Any]]]:
+        """Records of active partitions past the read offset; notes offsets, gaps and liveness."""
+        batch: list[tuple[TP, list[Any]]] = []
+        monitor = self.app.monitor
+        now = time.monotonic()
+        for tp, recs in records.items():
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
+                continue
+            read = self._read_offset[tp]
+            fresh = [r for r in recs if read is None or r.offset >= read]
+            if not fresh:
+                continue
+            first = fresh[0].offset
+            if read and first - read > 1 and self.app.topics.acks_enabled_for(tp.topic):
+                await self._add_gap(tp, read + 1, first)  # offsets the broker skipped
+            self._read_offset[tp] = fresh[-1].offset
+            monitor.track_tp_end_offset(tp, self.highwater(tp))
+            monitor.stream_inbound_time[tp] = now  # Faust's watchdog: this partition is processed
+            batch.append((tp, fresh))
+        return batch
+
+    def ack_offsets(self, tp: TP, offsets: Iterable[int]) -> None:
+        """Mark records handed to the batch handler as done (their offsets may be committed)."""
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            index, acked = self._acked_index[tp], self._acked[tp]
+            n = 0
+            for offset in offsets:
+                n += 1
+                if (committed is None or offset >= committed) and offset not in index:
+                    index.add(offset)
+                    acked.append(offset)
+                    self._n_acked += 1
+            self._in_hand -= n
+            notify(self._waiting_for_ack)
+
+    async def wait_empty(self) -> None:
+        """Wait until every record handed out is acknowledged, then commit (rebalance, stop)."""
+        while not self.should_stop and self._in_hand > 0:
+            await self.commit()
+            await self._wait_for_ack(timeout=1)
+        await super().wait_empty()
+
 
 class _Transport(faust_aiokafka.Transport):
-    Consumer: ClassVar[Any] = _Consumer
+    Consumer: ClassVar[Any] = EngineConsumer
 
 
 class EngineApp(faust.App):
-    """A Faust app whose Kafka consumer uses ``fetch_max_wait_ms``."""
+    """A Faust app with batch delivery to ``batch_handler`` and a configurable fetch wait."""
 
     fetch_max_wait_ms: int = 500
+    batch_handler: BatchHandler | None = None
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)
