@@ -18,22 +18,24 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from engine.adaptive import AdaptiveBatching, AdaptiveConfig, run_controller
 from engine.batcher import MicroBatcher
 from engine.clock import Clock, LoopClock
 from engine.errors import FatalError
 from engine.lifecycle import NO_MODEL_HOOKS, ModelHooks
-from engine.records import Batch, BatchOutcome, DeadLetter, Event, OutRecord, RawRecord
+from engine.records import Batch, BatchOutcome, Completion, DeadLetter, Event, OutRecord, RawRecord
 from engine.retry import Retrier
 from engine.settings import BatchSettings, TopicSettings
 from engine.sink import Sink
 from engine.triton import InferenceBackend, error_code
-from observability.metrics import EngineMetrics
+from observability.metrics import EngineMetrics, observe_many
 from observability.tracing import NO_TRACING, PipelineTracing
-from streams.codec import DecodeContext, decode, encode_prediction
+from streams.codec import DecodeContext, decode_many, encode_prediction
 from streams.dlq import dead_letter_record
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Pipeline:
         self._fifo: asyncio.Queue[tuple[Batch, asyncio.Task[BatchOutcome]]] = asyncio.Queue()
         self._max_outstanding = 2 * parts.batch.max_in_flight
         self._outstanding = 0  # batches dispatched and not yet handed to the sink
+        self._inferring = 0  # batches dispatched whose inference has not finished
         self._capacity = asyncio.Event()
         self._capacity.set()
         self._undelivered = 0  # records submitted, not yet acknowledged
@@ -98,15 +101,21 @@ class Pipeline:
         dead: list[DeadLetter] = []
         for record in records:
             self._p.tracing.received(record)
-            item = decode(record, self.decode_ctx)
+        for item in decode_many(records, self.decode_ctx):
             if isinstance(item, Event):
                 self._batcher.add(item)
             else:
                 dead.append(item)
         for topic, n in Counter(r.source.topic for r in records).items():  # chunks may mix topics
             consumed.labels(topic).inc(n)
+        if self._adaptive is not None and self._inferring < self._p.batch.max_in_flight:
+            # Triton has a free slot: send what this chunk brought now instead of waiting for
+            # the deadline; under load the slots stay busy and batches grow (adaptive batching)
+            self._batcher.flush_all()
         if dead:
             await self._send_dead(dead)
+        if self._outstanding >= self._max_outstanding:  # backpressure: consumption pauses
+            self._p.metrics.stream_buffer_full.labels(records[0].source.topic).inc()
         while self._outstanding >= self._max_outstanding:
             self._capacity.clear()
             await self._capacity.wait()
@@ -154,9 +163,14 @@ class Pipeline:
 
     def _dispatch(self, batch: Batch) -> None:
         self._outstanding += 1
+        self._inferring += 1
         task = asyncio.ensure_future(self._infer(batch))
+        task.add_done_callback(self._inferred)
         self._fifo.put_nowait((batch, task))
         self._p.models.on_dispatch(batch)
+
+    def _inferred(self, _task: asyncio.Task[BatchOutcome]) -> None:
+        self._inferring -= 1
 
     async def _infer(self, batch: Batch) -> BatchOutcome:
         metrics = self._p.metrics
@@ -203,27 +217,29 @@ class Pipeline:
         batch, result = outcome.batch, outcome.result
         assert result is not None
         topic = self._p.topics.predictions
-        wall_ms = time.time() * 1000.0
+        records = [e.record for e in batch.events]
+        # per-event times in one numpy pass: queue = consumed -> sent to Triton, total = event
+        # timestamp -> now (consumed -> now when the record has no timestamp)
+        received = np.fromiter((r.received_at for r in records), np.float64, len(records))
+        stamps = np.fromiter((r.source.timestamp_ms or 0 for r in records), np.float64, len(records))
+        queue_s = np.maximum(outcome.sent_at - received, 0.0)
+        observe_many(self._p.metrics.batch_wait.labels(batch.model), queue_s)
+        total_ms = np.where(
+            stamps > 0, time.time() * 1000.0 - stamps, (outcome.finished_at - received) * 1000.0
+        )
         inference_ms = round((outcome.finished_at - outcome.sent_at) * 1000.0, 3)
-        wait = self._p.metrics.batch_wait.labels(batch.model)
-        records = []
+        queue_list = np.round(queue_s * 1000.0, 3).tolist()
+        total_list = np.round(total_ms, 3).tolist()
+        outgoing = self._p.tracing.outgoing
+        out: list[OutRecord] = []
         for i, event in enumerate(batch.events):
-            rec = event.record
-            queue_s = max(outcome.sent_at - rec.received_at, 0.0)
-            wait.observe(queue_s)
-            ts = rec.source.timestamp_ms
-            total_ms = wall_ms - ts if ts else (outcome.finished_at - rec.received_at) * 1000.0
-            timing = {
-                "queue": round(queue_s * 1000.0, 3),
-                "inference": inference_ms,
-                "total": round(total_ms, 3),
-            }
+            rec = records[i]
+            timing = {"queue": queue_list[i], "inference": inference_ms, "total": total_list[i]}
             outputs = {name: arr[i] for name, arr in result.outputs.items()}
             value = encode_prediction(event, result.model_version, outputs, timing)
-            headers = tuple((k, v) for k, v in rec.headers if k in PROPAGATED_HEADERS)
-            out = OutRecord(topic=topic, key=rec.key, value=value, headers=headers)
-            records.append(self._p.tracing.outgoing(rec, out))
-        future = await self._p.sink.send(records)
+            headers = tuple((k, v) for k, v in rec.headers if k in PROPAGATED_HEADERS) if rec.headers else ()
+            out.append(outgoing(rec, OutRecord(topic=topic, key=rec.key, value=value, headers=headers)))
+        future = await self._p.sink.send(out)
         future.add_done_callback(lambda _f: self._predictions_delivered(outcome))
 
     def _predictions_delivered(self, outcome: BatchOutcome) -> None:
@@ -231,17 +247,17 @@ class Pipeline:
         assert result is not None
         metrics = self._p.metrics
         metrics.predictions.labels(batch.model, result.model_version).inc(len(batch))
-        latency = metrics.e2e_latency.labels(batch.model)
         now_ms = time.time() * 1000.0
+        stamps = [e.record.source.timestamp_ms for e in batch.events]
+        latencies = [max(now_ms - ts, 0.0) / 1000.0 for ts in stamps if ts]
+        observe_many(metrics.e2e_latency.labels(batch.model), latencies)
+        if self._adaptive is not None:
+            for seconds in latencies:
+                self._adaptive.observe(seconds)
+        finished = self._p.tracing.finished
         for event in batch.events:
-            ts = event.record.source.timestamp_ms
-            if ts:
-                seconds = max(now_ms - ts, 0.0) / 1000.0
-                latency.observe(seconds)
-                if self._adaptive is not None:
-                    self._adaptive.observe(seconds)
-            self._p.tracing.finished(event.record)
-            event.record.completion.done()
+            finished(event.record)
+        _complete(e.record for e in batch.events)
         self._track(-len(batch))
         self._p.models.on_delivered(batch, result)
 
@@ -256,8 +272,22 @@ class Pipeline:
         for letter in letters:
             counter.labels(letter.reason.value).inc()
             self._p.tracing.finished(letter.record, letter.reason.value)
-            letter.record.completion.done()
+        _complete(d.record for d in letters)
         self._track(-len(letters))
+
+
+def _complete(records: Iterable[RawRecord]) -> None:
+    """Tell each record's completion it is delivered; runs of one completion are told at once."""
+    current: Completion | None = None
+    n = 0
+    for record in records:
+        if record.completion is not current:
+            if current is not None:
+                current.done(n)
+            current, n = record.completion, 0
+        n += 1
+    if current is not None:
+        current.done(n)
 
 
 def _adaptive_controller(parts: PipelineParts, batcher: MicroBatcher) -> AdaptiveBatching | None:

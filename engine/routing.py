@@ -73,6 +73,7 @@ class Router:
         self._topics = dict(routing.topic_models)
         self._experiments = {n: _Experiment.build(n, arms) for n, arms in routing.experiments.items()}
         self._shadows = {m: tuple(ts) for m, ts in routing.shadows.items()}
+        self._plain: dict[str, Route] = {}  # routes without an experiment, one per model name
 
     def default_for(self, topic: str) -> str:
         """The model for events of ``topic`` that name none."""
@@ -83,7 +84,12 @@ class Router:
         name = requested if requested is not None else self.default_for(topic)
         experiment = self._experiments.get(name)
         if experiment is None:
-            return Route(name)
+            route = self._plain.get(name)
+            if route is None:
+                route = Route(name)
+                if len(self._plain) < 64:  # names come from events: keep the cache bounded
+                    self._plain[name] = route
+            return route
         arm = experiment.pick(key)
         return Route(arm.model, arm.version, arm.name)
 

@@ -47,17 +47,16 @@ class _Delivery:
         self.remaining = count
         self.failed: list[OutRecord] = []
 
-    def callback(self, record: OutRecord) -> Any:
-        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            if err is not None:
-                self.failed.append(record)
-                self.sink.last_error = str(err)
-            self.sink.answered(1)
-            self.remaining -= 1
-            if self.remaining == 0:
-                self.sink.finished(self)
-
-        return on_delivery
+    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        """The producer's delivery callback for each of this call's records."""
+        if err is not None:
+            headers = tuple((k, bytes(v or b"")) for k, v in msg.headers() or ())
+            self.failed.append(OutRecord(msg.topic(), msg.key(), msg.value(), headers))
+            self.sink.last_error = str(err)
+        self.sink.answered(1)
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.sink.finished(self)
 
 
 class KafkaSink:
@@ -101,6 +100,7 @@ class KafkaSink:
 
     async def _produce_all(self, records: Sequence[OutRecord], delivery: _Delivery) -> None:
         produce = self._producer.produce
+        on_delivery = delivery.on_delivery
         for record in records:
             while True:
                 try:
@@ -109,7 +109,7 @@ class KafkaSink:
                         value=record.value,
                         key=record.key,
                         headers=list(record.headers) if record.headers else None,
-                        on_delivery=delivery.callback(record),
+                        on_delivery=on_delivery,
                     )
                     self._outstanding += 1
                     break

@@ -6,8 +6,11 @@ code, gRPC code, partition): never ids, keys or payloads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # 1 ms .. 10 s, roughly 1-2.5-5 per decade.
@@ -99,7 +102,9 @@ def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> Engin
         triton_up=gauge("triton_up", "1 when Triton answered the last request or probe."),
         model_version=gauge("model_version_info", "1 for each model version in use.", ("model", "version")),
         stream_buffer_full=counter(
-            "stream_buffer_full", "Times Faust paused a partition: its stream buffer was full.", ("topic",)
+            "stream_buffer_full",
+            "Times consumption paused because the pipeline was full (backpressure reached Kafka).",
+            ("topic",),
         ),
         rebalances=counter("rebalances", "Consumer group rebalances this worker went through.", ()),
         commit_latency=Histogram(
@@ -166,3 +171,28 @@ def create_model_metrics(registry: CollectorRegistry, namespace: str = "sie") ->
             registry=registry,
         ),
     )
+
+
+def observe_many(histogram: Any, values: Sequence[float] | np.ndarray) -> None:
+    """``histogram.observe(v)`` for every value, in one pass (a labelled child or a plain histogram).
+
+    The buckets are counted with numpy and each bucket's value is raised once,
+    instead of a Python loop over the bucket bounds per observation. Uses
+    prometheus_client's per-bucket values; a client without them gets the
+    plain loop.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for v in values:
+            histogram.observe(float(v))
+        return
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return
+    counts = np.bincount(np.searchsorted(np.asarray(bounds), arr, side="left"), minlength=len(bounds))
+    for i, n in enumerate(counts[: len(bounds)].tolist()):
+        if n:
+            buckets[i].inc(n)
+    total.inc(float(arr.sum()))

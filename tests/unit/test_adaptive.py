@@ -113,3 +113,48 @@ async def test_pipeline_feeds_delivered_latencies_to_the_controller() -> None:
     pipeline.adaptive.tick()
     assert pipeline.batch_deadline_s > 0.010
     await pipeline.stop()
+
+
+async def test_adaptive_pipeline_sends_a_chunk_at_once_while_triton_has_a_free_slot() -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from engine.pipeline import Pipeline, PipelineParts
+    from engine.retry import CircuitBreaker, Retrier
+    from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
+    from observability.metrics import create_metrics
+    from streams.codec import DecodeContext
+    from tests.unit.fakes import FakeBackend, FakeSink, raw, spec
+    from tests.unit.test_pipeline import _Clock
+
+    clock, retry, backend = _Clock(), RetrySettings(), FakeBackend()
+    backend.gate = asyncio.Event()  # inference blocks until released
+    # a long deadline and large batches: only the free-slot rule can send a 3-event chunk early
+    batch = BatchSettings(max_size=64, max_delay_ms=500, max_in_flight=2, adaptive=True, slo_ms=25)
+    parts = PipelineParts(
+        decode_ctx=DecodeContext({"m": spec("m", 3, max_batch=64)}, "m", LimitSettings()),
+        backend=backend,
+        retrier=Retrier(retry, clock, CircuitBreaker(retry, clock)),
+        sink=FakeSink(),
+        topics=TopicSettings(events="in", predictions="out", dlq="dlq"),
+        batch=batch,
+        metrics=create_metrics(CollectorRegistry()),
+    )
+    pipeline = Pipeline(parts, clock)
+    await pipeline.start()
+
+    def chunk(start: int, n: int) -> list:  # type: ignore[type-arg]
+        return [raw(b'{"id": "e%d", "features": [1, 2, 3]}' % i, offset=i) for i in range(start, start + n)]
+
+    await pipeline.submit(chunk(0, 3))
+    await pipeline.submit(chunk(3, 2))
+    await asyncio.sleep(0.01)
+    assert backend.calls == [("m", 3), ("m", 2)]  # two free slots: each chunk went at once
+    await pipeline.submit(chunk(5, 4))
+    await asyncio.sleep(0.01)
+    assert backend.calls == [("m", 3), ("m", 2)]  # both slots busy: the chunk waits in its batch
+    backend.gate.set()
+    assert await pipeline.drain(5.0)
+    assert backend.calls[-1] == ("m", 4)
+    await pipeline.stop()

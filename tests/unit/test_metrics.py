@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from observability.faust_sensor import ConsumerLag, EngineSensor, partition_lag
-from observability.metrics import EngineMetrics, create_metrics, create_model_metrics
+from observability.metrics import EngineMetrics, create_metrics, create_model_metrics, observe_many
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "observability"
 BOUNDED_LABELS = {"topic", "partition", "model", "version", "reason", "code"}
@@ -154,3 +155,24 @@ async def test_consumer_lag_follows_the_assignment(metrics: EngineMetrics) -> No
     await lag.update()
     assert sample(metrics, "sie_consumer_lag", topic="events", partition="0") is None
     assert sample(metrics, "sie_consumer_lag", topic="events", partition="1") == 25
+
+
+def test_observe_many_counts_like_one_observe_per_value() -> None:
+    values = [0.0, 0.0005, 0.001, 0.0011, 0.02, 0.3, 7.0, 99.0, 0.001, 2.5]
+    one, many = create_metrics(CollectorRegistry()), create_metrics(CollectorRegistry())
+    for v in values:
+        one.e2e_latency.labels("m").observe(v)
+    observe_many(many.e2e_latency.labels("m"), values)
+    observe_many(many.e2e_latency.labels("m"), [])
+    names = ("sie_e2e_latency_seconds_bucket", "sie_e2e_latency_seconds_count", "sie_e2e_latency_seconds_sum")
+
+    def samples(m: Any) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return [
+            (s.name, tuple(sorted(s.labels.items())), round(s.value, 9))
+            for metric in m.registry.collect()
+            for s in metric.samples
+            if s.name in names
+        ]
+
+    assert samples(one) == samples(many)
+    assert samples(many)  # the histogram really has samples

@@ -33,6 +33,25 @@ TOPICS = TopicSettings(events="in", predictions="out", dlq="dlq")
 PAUSE_S = 0.01
 
 
+class FakeMessage:
+    """What confluent-kafka hands a delivery callback: the produced record."""
+
+    def __init__(self, topic: str, value: bytes | None, key: Any, headers: Any) -> None:
+        self._topic, self._value, self._key, self._headers = topic, value, key, headers
+
+    def topic(self) -> str:
+        return self._topic
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> Any:
+        return self._key
+
+    def headers(self) -> Any:
+        return self._headers
+
+
 class FakeProducer:
     """Delivers on ``poll`` (the sink's poll thread); fails topics listed in ``failing``."""
 
@@ -43,25 +62,26 @@ class FakeProducer:
         self.failing: set[str] = set()
         self.attempts: Counter[str] = Counter()
         self.delivered: list[tuple[str, bytes | None]] = []
-        self._queue: list[tuple[str, bytes | None, Callable[..., None]]] = []
+        self._queue: list[tuple[FakeMessage, Callable[..., None]]] = []
         self._lock = threading.Lock()
         FakeProducer.instances.append(self)
 
     def produce(self, topic: str, value: bytes | None = None, key: Any = None, **kw: Any) -> None:
         with self._lock:
             self.attempts[topic] += 1
-            self._queue.append((topic, value, kw["on_delivery"]))
+            msg = FakeMessage(topic, value, key, kw.get("headers"))
+            self._queue.append((msg, kw["on_delivery"]))
 
     def poll(self, timeout: float) -> int:
         with self._lock:
             queue, self._queue = self._queue, []
             failing = set(self.failing)
-        for topic, value, on_delivery in queue:
-            if topic in failing:
-                on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+        for msg, on_delivery in queue:
+            if msg.topic() in failing:
+                on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), msg)
             else:
-                self.delivered.append((topic, value))
-                on_delivery(None, None)
+                self.delivered.append((msg.topic(), msg.value()))
+                on_delivery(None, msg)
         if not queue:
             time.sleep(min(timeout, 0.002))
         return len(queue)
