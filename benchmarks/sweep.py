@@ -12,6 +12,8 @@ from benchmarks.systems import RunningSystem
 from engine.eventgen import GeneratedEvent
 from engine.loadgen import PacedProducer, PredictionMonitor, SendLog
 
+MONITOR_FETCH_WAIT_MS = 5
+
 
 @dataclass(frozen=True)
 class Level:
@@ -56,7 +58,9 @@ class Sweeper:
         topics = system.settings.topics
         self._config, self._topic = kafka, topics.events
         self._log = SendLog()
-        consumer = system.settings.kafka.consumer_config()
+        # The reader's own fetch wait adds to every measured latency (the local broker holds each
+        # fetch until its wait expires), so it waits less than the system under test.
+        consumer = system.settings.kafka.consumer_config() | {"fetch.wait.max.ms": str(MONITOR_FETCH_WAIT_MS)}
         self._monitor = PredictionMonitor(consumer, topics.predictions, topics.dlq, self._log)
         self._monitor.start()
 

@@ -185,9 +185,7 @@ class StackPorts:
         busy = [f"{name} port {port}" for name, port in wanted.items() if not port_is_free(port)]
         if busy:
             raise StackError(
-                "already in use: "
-                + ", ".join(busy)
-                + " (another stack running? stop it or pick other ports)"
+                "already in use: " + ", ".join(busy) + " (another stack running? stop it or pick other ports)"
             )
 
 
