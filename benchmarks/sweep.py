@@ -37,7 +37,7 @@ class SweepConfig:
 
     level_s: float = 6.0
     warmup_s: float = 1.0
-    factor: float = 1.6
+    factor: float = 1.8
     max_rate: float = 40_000.0
     saturated_ratio: float = 0.85  # achieved/offered below this -> saturated
     max_p99_ms: float = 2_000.0
@@ -111,9 +111,15 @@ class Sweeper:
             levels.append(level)
             saturated = level.achieved < self._cfg.saturated_ratio * rate
             if saturated or not level.p99_ms < self._cfg.max_p99_ms:
+                # one more level just under what the saturated level achieved, so the maximum
+                # is not only as fine as the rate steps
+                kept = max((lv.offered for lv in levels if lv.achieved >= 0.95 * lv.offered), default=0.0)
+                refine = round(0.9 * level.achieved, -1)
+                if saturated and refine > kept * 1.05:
+                    levels.append(self.run_level(refine))
                 break
             rate = round(rate * self._cfg.factor, -1)
-        return levels
+        return sorted(levels, key=lambda lv: lv.offered)
 
     def _producer(self, rate: float) -> PacedProducer:
         producer = PacedProducer(self._config, self._topic, self._events, rate, self._log)

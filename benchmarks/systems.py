@@ -19,9 +19,10 @@ class SystemSpec:
     name: str
     kind: str  # engine | passthrough | naive | raw
     workers: int = 1
-    start_rate: float = 500.0
+    start_rate: float = 1000.0
     delay_ms: float | None = None  # fixed micro-batch deadline (None: the settings default)
     adaptive: bool = False
+    slo_ms: float = 25.0  # the adaptive controller's p99 target
     quick: bool = True  # part of --quick runs
 
 
@@ -31,7 +32,7 @@ SYSTEMS = (
     SystemSpec("naive baseline", "naive", start_rate=50.0),
     SystemSpec("engine, 1 worker", "engine", 1),
     SystemSpec("engine, 2 workers", "engine", 2),
-    SystemSpec("engine, 1 worker, adaptive (SLO 25 ms)", "engine", 1, adaptive=True),
+    SystemSpec("engine, 1 worker, adaptive (SLO 50 ms)", "engine", 1, adaptive=True, slo_ms=50.0),
     SystemSpec("engine, 1 worker, fixed 1 ms deadline", "engine", 1, delay_ms=1.0, quick=False),
     SystemSpec("engine, 1 worker, fixed 20 ms deadline", "engine", 1, delay_ms=20.0, quick=False),
 )
@@ -78,7 +79,7 @@ def fresh_settings(base: Settings, spec: SystemSpec, work_dir: Path) -> Settings
             "kafka": base.kafka.model_copy(update={"group_id": f"bench-{tag}"}),
             "triton": base.triton.model_copy(update={"identity": spec.kind == "passthrough"}),
             "batch": base.batch.model_copy(
-                update={"adaptive": spec.adaptive}
+                update={"adaptive": spec.adaptive, "slo_ms": spec.slo_ms}
                 | ({"max_delay_ms": spec.delay_ms} if spec.delay_ms is not None else {})
             ),
             "worker_name": f"bench-{tag}",
