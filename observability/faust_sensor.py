@@ -35,7 +35,8 @@ class EngineSensor(faust.Sensor):
         self._metrics = metrics
 
     def on_topic_buffer_full(self, tp: TP) -> None:
-        """A stream buffer is full: Faust stops fetching the partition for a while."""
+        """A Faust stream buffer is full (only with Faust streams; batch delivery's backpressure is
+        counted by the pipeline in the same metric)."""
         self._metrics.stream_buffer_full.labels(tp.topic).inc()
 
     def on_commit_initiated(self, consumer: ConsumerT) -> Any:

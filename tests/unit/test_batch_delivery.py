@@ -1,0 +1,119 @@
+"""Batch delivery from Faust's consumer to the pipeline (streams/app.py), without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.types import TP
+
+from engine.records import RawRecord
+from streams.app import batch_handler, to_raw
+
+
+@dataclass
+class Rec:
+    """The fields of an aiokafka ConsumerRecord that delivery reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = b"k"
+    value: bytes | None = b"{}"
+    timestamp: int = 1_700_000_000_000
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+@dataclass
+class FakeConsumer:
+    acked: list[tuple[TP, list[int]]] = field(default_factory=list)
+
+    def ack_offsets(self, tp: TP, offsets: Sequence[int]) -> None:
+        self.acked.append((tp, list(offsets)))
+
+
+@dataclass
+class FakeApp:
+    consumer: FakeConsumer = field(default_factory=FakeConsumer)
+
+
+def recs(tp: TP, start: int, n: int) -> list[Rec]:
+    return [Rec(tp.topic, tp.partition, o) for o in range(start, start + n)]
+
+
+async def test_a_fetched_batch_reaches_the_pipeline_in_chunks_of_the_batch_size() -> None:
+    chunks: list[list[RawRecord]] = []
+
+    async def submit(records: Sequence[RawRecord]) -> None:
+        chunks.append(list(records))
+
+    async def get_submit() -> Any:
+        return submit
+
+    app = FakeApp()
+    a, b = TP("events", 0), TP("events", 1)
+    handle = batch_handler(app, get_submit, chunk=4)  # type: ignore[arg-type]
+    await handle([(a, recs(a, 10, 6)), (b, recs(b, 0, 3))])
+    assert [len(c) for c in chunks] == [4, 4, 1]
+    flat = [r.source for c in chunks for r in c]
+    assert [(s.partition, s.offset) for s in flat] == [(0, o) for o in range(10, 16)] + [
+        (1, 0),
+        (1, 1),
+        (1, 2),
+    ]
+
+
+async def test_a_partitions_offsets_are_acked_only_when_all_its_records_are_done() -> None:
+    chunks: list[RawRecord] = []
+
+    async def submit(records: Sequence[RawRecord]) -> None:
+        chunks.extend(records)
+
+    async def get_submit() -> Any:
+        return submit
+
+    app = FakeApp()
+    a, b = TP("events", 0), TP("events", 1)
+    await batch_handler(app, get_submit, chunk=100)([(a, recs(a, 5, 3)), (b, recs(b, 7, 2))])  # type: ignore[arg-type]
+    by_partition = {p: [r for r in chunks if r.source.partition == p] for p in (0, 1)}
+    for r in by_partition[0][:2] + by_partition[1]:
+        r.completion.done()
+    assert app.consumer.acked == [(b, [7, 8])]  # partition 0 still has a record in flight
+    by_partition[0][2].completion.done()
+    assert app.consumer.acked == [(b, [7, 8]), (a, [5, 6, 7])]
+
+
+def test_to_raw_keeps_key_value_headers_and_timestamp() -> None:
+    done: list[int] = []
+    from engine.records import Completion
+
+    completion = Completion(2, lambda: done.append(1))
+    records = [
+        Rec("events", 3, 42, key=None, headers=[("traceparent", b"00-abc"), ("empty", None)]),  # type: ignore[list-item]
+        Rec("events", 3, 43, timestamp=-1),
+    ]
+    raw = to_raw(records, completion, now=12.5)
+    assert raw[0].key is None and raw[0].value == b"{}" and raw[0].received_at == 12.5
+    assert raw[0].headers == (("traceparent", b"00-abc"), ("empty", b""))
+    assert raw[0].source.timestamp_ms == 1_700_000_000_000 and raw[1].source.timestamp_ms is None
+    assert (raw[1].source.topic, raw[1].source.partition, raw[1].source.offset) == ("events", 3, 43)
+    assert raw[0].completion is raw[1].completion is completion
+
+
+def test_handler_waits_for_the_pipeline_before_the_first_chunk() -> None:
+    order: list[str] = []
+
+    async def submit(records: Sequence[RawRecord]) -> None:
+        order.append("submit")
+
+    async def get_submit() -> Any:
+        await asyncio.sleep(0.01)
+        order.append("built")
+        return submit
+
+    app = FakeApp()
+    a = TP("events", 0)
+    asyncio.run(batch_handler(app, get_submit, chunk=8)([(a, recs(a, 0, 1))]))  # type: ignore[arg-type]
+    assert order == ["built", "submit"]
