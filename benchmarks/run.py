@@ -20,8 +20,8 @@ from rich.console import Console
 
 from benchmarks.perf import PerfPoint, run_perf
 from benchmarks.report import machine, write_json, write_markdown, write_plot
-from benchmarks.sweep import Level, SweepConfig, Sweeper, max_sustainable
-from benchmarks.systems import SYSTEMS, SystemSpec, start_system
+from benchmarks.sweep import Level, SweepConfig, Sweeper, max_sustainable, rising_levels
+from benchmarks.systems import SYSTEMS, RunningSystem, SystemSpec, start_system
 from engine.embedded import (
     BrokerProcess,
     TritonProcess,
@@ -40,6 +40,11 @@ SLO_MS = 25.0  # issue 7: p99 at 50% of the engine's max sustainable rate
 # The adaptive-vs-fixed comparison runs at an SLO this broker can meet: on tansu even the raw
 # client bound's p99 passes 25 ms above about 1,000 events/s (it holds every fetch for its wait).
 COMPARE_SLO_MS = 50.0
+# tansu slows down as a topic's log grows: the same 1,000/s gave p50 26 -> 43 -> 60 ms in three
+# back-to-back levels on one topic and 27-30 ms each on fresh topics, and a full sweep writes
+# hundreds of thousands of records. Levels therefore move to fresh topics (and a fresh worker)
+# once the input topic holds this many records, and after a saturated level.
+FRESH_AFTER_EVENTS = 40_000
 # tansu answers every fetch only when its wait expires and spends CPU per partition per fetch
 # (measured: 4 partitions x 5 ms waits cost it ~90% of a core at 2k events/s and capped a plain
 # confluent-kafka copy loop at ~1.7k/s; 2 partitions x 10 ms carried 10k/s at ~70%).
@@ -76,17 +81,16 @@ def bench_system(
 ) -> dict[str, Any]:
     """Start one system, sweep it, stop it."""
     console.rule(spec.name)
-    levels = _sweep(spec, base, work, config, console)
-    best = max_sustainable(levels)
-    half = None
-    if spec.kind == "engine":
-        # On fresh topics: the local broker slows down as a topic's log grows (the same rate gave
-        # p50 26 -> 43 -> 60 ms in three back-to-back levels on one topic, 27-30 ms on fresh ones),
-        # so a level run after the whole sweep would measure the broker's backlog, not the engine.
-        console.print(f"  50% of max on fresh topics ({best / 2:,.0f}/s):")
-        half = _sweep(
-            spec, base, work, config, console, rate=round(best / 2, -1), seconds=config.level_s * 1.5
-        )[0]
+    runner = _FreshSystem(spec, base, work, config, console)
+    try:
+        levels = rising_levels(runner.level, spec.start_rate, config)
+        best = max_sustainable(levels)
+        half = None
+        if spec.kind == "engine":
+            console.print(f"  50% of max, on fresh topics ({best / 2:,.0f}/s):")
+            half = runner.level(round(best / 2, -1), fresh=True, seconds=config.level_s * 1.5)
+    finally:
+        runner.stop()
     at_max = max(
         (lv for lv in levels if lv.achieved >= 0.95 * lv.offered), key=lambda lv: lv.achieved, default=None
     )
@@ -102,25 +106,32 @@ def bench_system(
     }
 
 
-def _sweep(
-    spec: SystemSpec,
-    base: Settings,
-    work: Path,
-    config: SweepConfig,
-    console: Console,
-    rate: float | None = None,
-    seconds: float | None = None,
-) -> list[Level]:
-    """Start ``spec`` on fresh topics, then sweep it (or hold one ``rate``), then stop it."""
-    system = start_system(spec, base, work)
-    events = generate(load_profiles(REPO / "model_repository", [MODEL]), 10**9, seed=1, keys=256)
-    sweeper = Sweeper(system, events, config, lambda msg: console.print(f"  {msg}"))
-    try:
-        sweeper.prime()
-        return [sweeper.run_level(rate, seconds)] if rate is not None else sweeper.sweep(spec.start_rate)
-    finally:
-        sweeper.close()
-        system.stop()
+class _FreshSystem:
+    """One running instance of a system, started again on fresh topics when asked or when its
+    input topic has grown past ``FRESH_AFTER_EVENTS`` (the local broker slows as a topic grows)."""
+
+    def __init__(self, spec: SystemSpec, base: Settings, work: Path, config: SweepConfig, console: Console):
+        self._spec, self._base, self._work, self._config, self._console = spec, base, work, config, console
+        self._running: tuple[RunningSystem, Sweeper] | None = None
+
+    def level(self, rate: float, fresh: bool = False, seconds: float | None = None) -> Level:
+        """Run one level, on fresh topics when ``fresh`` (or the topic is long)."""
+        if self._running is None or fresh or self._running[1].sent > FRESH_AFTER_EVENTS:
+            self.stop()
+            system = start_system(self._spec, self._base, self._work)
+            events = generate(load_profiles(REPO / "model_repository", [MODEL]), 10**9, seed=1, keys=256)
+            sweeper = Sweeper(system, events, self._config, lambda msg: self._console.print(f"  {msg}"))
+            self._running = (system, sweeper)
+            sweeper.prime()
+        return self._running[1].run_level(rate, seconds)
+
+    def stop(self) -> None:
+        """Stop the running instance, if any."""
+        if self._running is not None:
+            system, sweeper = self._running
+            self._running = None
+            sweeper.close()
+            system.stop()
 
 
 def targets(systems: dict[str, Any]) -> list[dict[str, Any]]:

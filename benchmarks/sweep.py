@@ -103,23 +103,13 @@ class Sweeper:
         return level
 
     def sweep(self, start_rate: float) -> list[Level]:
-        """Rising levels until the system saturates (or ``max_rate``)."""
-        levels: list[Level] = []
-        rate = start_rate
-        while rate <= self._cfg.max_rate:
-            level = self.run_level(rate)
-            levels.append(level)
-            saturated = level.achieved < self._cfg.saturated_ratio * rate
-            if saturated or not level.p99_ms < self._cfg.max_p99_ms:
-                # one more level just under what the saturated level achieved, so the maximum
-                # is not only as fine as the rate steps
-                kept = max((lv.offered for lv in levels if lv.achieved >= 0.95 * lv.offered), default=0.0)
-                refine = round(0.9 * level.achieved, -1)
-                if saturated and refine > kept * 1.05:
-                    levels.append(self.run_level(refine))
-                break
-            rate = round(rate * self._cfg.factor, -1)
-        return sorted(levels, key=lambda lv: lv.offered)
+        """Rising levels until the system saturates (or ``max_rate``), all on this system."""
+        return rising_levels(lambda rate, _fresh: self.run_level(rate), start_rate, self._cfg)
+
+    @property
+    def sent(self) -> int:
+        """Events sent to this system's input topic so far."""
+        return self._log.sent
 
     def _producer(self, rate: float) -> PacedProducer:
         producer = PacedProducer(self._config, self._topic, self._events, rate, self._log)
@@ -134,6 +124,31 @@ class Sweeper:
             if outstanding <= 5:
                 return
             time.sleep(0.1)
+
+
+def rising_levels(
+    run_level: Callable[[float, bool], Level], start_rate: float, config: SweepConfig
+) -> list[Level]:
+    """Levels of rising rate (``run_level(rate, fresh)``) until the system saturates.
+
+    After the first saturated level, one more level just under what it
+    achieved, so the maximum is finer than the rate steps; ``fresh`` asks for
+    it to run on fresh topics (the saturated level left a backlog behind).
+    """
+    levels: list[Level] = []
+    rate = start_rate
+    while rate <= config.max_rate:
+        level = run_level(rate, False)
+        levels.append(level)
+        saturated = level.achieved < config.saturated_ratio * rate
+        if saturated or not level.p99_ms < config.max_p99_ms:
+            kept = max((lv.offered for lv in levels if lv.achieved >= 0.95 * lv.offered), default=0.0)
+            refine = round(0.9 * level.achieved, -1)
+            if saturated and refine > kept * 1.05:
+                levels.append(run_level(refine, True))
+            break
+        rate = round(rate * config.factor, -1)
+    return sorted(levels, key=lambda lv: lv.offered)
 
 
 def max_sustainable(levels: list[Level]) -> float:
