@@ -44,7 +44,7 @@ COMPARE_SLO_MS = 50.0
 # back-to-back levels on one topic and 27-30 ms each on fresh topics, and a full sweep writes
 # hundreds of thousands of records. Levels therefore move to fresh topics (and a fresh worker)
 # once the input topic holds this many records, and after a saturated level.
-FRESH_AFTER_EVENTS = 40_000
+FRESH_AFTER_EVENTS = 15_000
 # tansu answers every fetch only when its wait expires and spends CPU per partition per fetch
 # (measured: 4 partitions x 5 ms waits cost it ~90% of a core at 2k events/s and capped a plain
 # confluent-kafka copy loop at ~1.7k/s; 2 partitions x 10 ms carried 10k/s at ~70%).

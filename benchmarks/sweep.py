@@ -35,7 +35,7 @@ class Level:
 class SweepConfig:
     """How long each level lasts and when to stop."""
 
-    level_s: float = 6.0
+    level_s: float = 5.0
     warmup_s: float = 1.0
     factor: float = 1.8
     max_rate: float = 40_000.0
