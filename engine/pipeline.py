@@ -85,6 +85,10 @@ class Pipeline:
         self._emitter: asyncio.Task[None] | None = None
         self._adaptive = _adaptive_controller(parts, self._batcher)
         self._controller: asyncio.Task[None] | None = None
+        m = parts.metrics
+        for model in parts.decode_ctx.models:  # series at zero from the start, so rate() sees the first batch
+            for histogram in (m.batch_size, m.batch_wait, m.triton_latency, m.e2e_latency):
+                histogram.labels(model)
 
     async def start(self) -> None:
         """Start the emitter (and the adaptive batching controller, if configured)."""
