@@ -99,12 +99,19 @@ class Sweeper:
         p50, p95, p99 = np.percentile(lat * 1000.0, [50, 95, 99]) if lat.size else (float("nan"),) * 3
         level = Level(rate, round(achieved, 1), float(p50), float(p95), float(p99), int(lat.size))
         self._progress(f"offered {rate:,.0f}/s -> {achieved:,.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-        self._settle(15.0)
+        if achieved >= self._cfg.saturated_ratio * rate:  # a saturated level's backlog is left behind:
+            self._settle(15.0)  # the next level runs on fresh topics (benchmarks.run)
         return level
 
     def sweep(self, start_rate: float) -> list[Level]:
         """Rising levels until the system saturates (or ``max_rate``), all on this system."""
-        return rising_levels(lambda rate, _fresh: self.run_level(rate), start_rate, self._cfg)
+
+        def level(rate: float, fresh: bool) -> Level:
+            if fresh:  # no fresh topics here: let the saturated level's backlog drain first
+                self._settle(60.0)
+            return self.run_level(rate)
+
+        return rising_levels(level, start_rate, self._cfg)
 
     @property
     def sent(self) -> int:
