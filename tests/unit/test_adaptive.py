@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from engine.adaptive import AdaptiveBatching, AdaptiveConfig
 
 
@@ -80,30 +82,37 @@ def test_overload_grows_batches_instead_of_shrinking_them() -> None:
     assert ctrl.tick() == 5.0
 
 
-async def test_pipeline_feeds_delivered_latencies_to_the_controller() -> None:
+def _adaptive_pipeline(batch: Any, backend: Any) -> Any:
+    """A pipeline over fakes with adaptive batching on (``batch`` must say so)."""
     from prometheus_client import CollectorRegistry
 
     from engine.pipeline import Pipeline, PipelineParts
     from engine.retry import CircuitBreaker, Retrier
-    from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
+    from engine.settings import LimitSettings, RetrySettings, TopicSettings
     from observability.metrics import create_metrics
     from streams.codec import DecodeContext
-    from tests.unit.fakes import FakeBackend, FakeSink, raw, spec
+    from tests.unit.fakes import FakeSink, spec
     from tests.unit.test_pipeline import _Clock
 
-    clock = _Clock()
-    retry = RetrySettings()
-    batch = BatchSettings(max_size=8, max_delay_ms=10, adaptive=True, slo_ms=25)
+    clock, retry = _Clock(), RetrySettings()
     parts = PipelineParts(
         decode_ctx=DecodeContext({"m": spec("m", 3, max_batch=64)}, "m", LimitSettings()),
-        backend=FakeBackend(),
+        backend=backend,
         retrier=Retrier(retry, clock, CircuitBreaker(retry, clock)),
         sink=FakeSink(),
         topics=TopicSettings(events="in", predictions="out", dlq="dlq"),
         batch=batch,
         metrics=create_metrics(CollectorRegistry()),
     )
-    pipeline = Pipeline(parts, clock)
+    return Pipeline(parts, clock)
+
+
+async def test_pipeline_feeds_delivered_latencies_to_the_controller() -> None:
+    from engine.settings import BatchSettings
+    from tests.unit.fakes import FakeBackend, raw
+
+    batch = BatchSettings(max_size=8, max_delay_ms=10, adaptive=True, slo_ms=25)
+    pipeline = _adaptive_pipeline(batch, FakeBackend())
     await pipeline.start()
     assert pipeline.adaptive is not None and pipeline.batch_deadline_s == 0.010
     records = [raw(b'{"id": "e%d", "features": [1, 2, 3]}' % i, offset=i) for i in range(100)]
@@ -118,30 +127,14 @@ async def test_pipeline_feeds_delivered_latencies_to_the_controller() -> None:
 async def test_adaptive_pipeline_sends_a_chunk_at_once_while_triton_has_a_free_slot() -> None:
     import asyncio
 
-    from prometheus_client import CollectorRegistry
+    from engine.settings import BatchSettings
+    from tests.unit.fakes import FakeBackend, raw
 
-    from engine.pipeline import Pipeline, PipelineParts
-    from engine.retry import CircuitBreaker, Retrier
-    from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
-    from observability.metrics import create_metrics
-    from streams.codec import DecodeContext
-    from tests.unit.fakes import FakeBackend, FakeSink, raw, spec
-    from tests.unit.test_pipeline import _Clock
-
-    clock, retry, backend = _Clock(), RetrySettings(), FakeBackend()
+    backend = FakeBackend()
     backend.gate = asyncio.Event()  # inference blocks until released
     # a long deadline and large batches: only the free-slot rule can send a 3-event chunk early
     batch = BatchSettings(max_size=64, max_delay_ms=500, max_in_flight=2, adaptive=True, slo_ms=25)
-    parts = PipelineParts(
-        decode_ctx=DecodeContext({"m": spec("m", 3, max_batch=64)}, "m", LimitSettings()),
-        backend=backend,
-        retrier=Retrier(retry, clock, CircuitBreaker(retry, clock)),
-        sink=FakeSink(),
-        topics=TopicSettings(events="in", predictions="out", dlq="dlq"),
-        batch=batch,
-        metrics=create_metrics(CollectorRegistry()),
-    )
-    pipeline = Pipeline(parts, clock)
+    pipeline = _adaptive_pipeline(batch, backend)
     await pipeline.start()
 
     def chunk(start: int, n: int) -> list:  # type: ignore[type-arg]
