@@ -138,24 +138,33 @@ def rising_levels(
 ) -> list[Level]:
     """Levels of rising rate (``run_level(rate, fresh)``) until the system saturates.
 
-    After the first saturated level, one more level just under what it
-    achieved, so the maximum is finer than the rate steps; ``fresh`` asks for
-    it to run on fresh topics (the saturated level left a backlog behind).
+    The first level that does not keep up is run once more on fresh topics
+    (``fresh=True``): on a small shared machine one rebalance or broker stall
+    can sink a level, and it should not end the sweep. When a level fails for
+    good, one more level runs just under what it achieved, so the maximum is
+    finer than the rate steps.
     """
     levels: list[Level] = []
-    rate = start_rate
+    rate, retried = start_rate, False
     while rate <= config.max_rate:
         level = run_level(rate, False)
         levels.append(level)
-        saturated = level.achieved < config.saturated_ratio * rate
-        if saturated or not level.p99_ms < config.max_p99_ms:
+        if not _kept_up(level, config) and not retried:
+            retried = True
+            level = run_level(rate, True)
+            levels.append(level)
+        if not _kept_up(level, config):
             kept = max((lv.offered for lv in levels if lv.achieved >= 0.95 * lv.offered), default=0.0)
             refine = round(0.9 * level.achieved, -1)
-            if saturated and refine > kept * 1.05:
+            if level.achieved < config.saturated_ratio * rate and refine > kept * 1.05:
                 levels.append(run_level(refine, True))
             break
         rate = round(rate * config.factor, -1)
     return sorted(levels, key=lambda lv: lv.offered)
+
+
+def _kept_up(level: Level, config: SweepConfig) -> bool:
+    return level.achieved >= config.saturated_ratio * level.offered and level.p99_ms < config.max_p99_ms
 
 
 def max_sustainable(levels: list[Level]) -> float:
