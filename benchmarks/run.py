@@ -66,7 +66,9 @@ class BenchOptions:
 def parse(argv: Sequence[str] | None) -> BenchOptions:
     """Parse the command line."""
     parser = argparse.ArgumentParser(prog="sie bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="shorter levels, fewer batch sizes (~4 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter levels, fewer systems and batch sizes (~6 min)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     kinds = sorted({s.kind for s in SYSTEMS})
