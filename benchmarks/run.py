@@ -67,7 +67,7 @@ def parse(argv: Sequence[str] | None) -> BenchOptions:
     """Parse the command line."""
     parser = argparse.ArgumentParser(prog="sie bench", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="shorter levels, fewer systems and batch sizes (~6 min)"
+        "--quick", action="store_true", help="shorter levels, fewer systems and batch sizes (~7 min)"
     )
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
