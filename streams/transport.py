@@ -101,14 +101,22 @@ class EngineConsumer(faust_aiokafka.Consumer):
             fresh = [r for r in recs if read is None or r.offset >= read]
             if not fresh:
                 continue
-            first = fresh[0].offset
-            if read and first - read > 1 and self.app.topics.acks_enabled_for(tp.topic):
-                await self._add_gap(tp, read + 1, first)  # offsets the broker skipped
+            if self.app.topics.acks_enabled_for(tp.topic):
+                await self._note_gaps(tp, read, fresh)
             self._read_offset[tp] = fresh[-1].offset
             monitor.track_tp_end_offset(tp, self.highwater(tp))
             monitor.stream_inbound_time[tp] = now  # Faust's watchdog: this partition is processed
             batch.append((tp, fresh))
         return batch
+
+    async def _note_gaps(self, tp: TP, read: int | None, records: Sequence[Any]) -> None:
+        """Offsets the broker skipped (compaction, transaction markers) count as done, or the
+        committed offset could never pass them."""
+        previous = read
+        for r in records:
+            if previous is not None and r.offset - previous > 1:
+                await self._add_gap(tp, previous + 1, r.offset - 1)  # both ends included
+            previous = r.offset
 
     def ack_offsets(self, tp: TP, offsets: Iterable[int]) -> None:
         """Mark records handed to the batch handler as done (their offsets may be committed)."""
