@@ -117,3 +117,23 @@ def test_handler_waits_for_the_pipeline_before_the_first_chunk() -> None:
     a = TP("events", 0)
     asyncio.run(batch_handler(app, get_submit, chunk=8)([(a, recs(a, 0, 1))]))  # type: ignore[arg-type]
     assert order == ["built", "submit"]
+
+
+async def test_offsets_the_broker_skipped_are_noted_as_gaps_so_commits_can_pass_them() -> None:
+    from streams.transport import EngineConsumer
+
+    class Gaps:
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, int]] = []
+
+        async def _add_gap(self, tp: TP, first: int, last: int) -> None:
+            self.calls.append((first, last))
+
+    tp = TP("events", 0)
+    gaps = Gaps()
+    batch = [Rec("events", 0, o) for o in (10, 11, 14, 15, 17)]
+    await EngineConsumer._note_gaps(gaps, tp, 8, batch)  # type: ignore[arg-type]
+    assert gaps.calls == [(9, 9), (12, 13), (16, 16)]  # only the missing offsets, both ends included
+    gaps.calls.clear()
+    await EngineConsumer._note_gaps(gaps, tp, None, batch[:2])  # type: ignore[arg-type]
+    assert gaps.calls == []  # nothing read yet on this partition: no gap before the first record
