@@ -30,6 +30,11 @@ class Level:
         """JSON-ready."""
         return asdict(self)
 
+    @property
+    def sustained(self) -> bool:
+        """Whether the system kept up: achieved at least 95% of the offered rate."""
+        return self.achieved >= 0.95 * self.offered
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -154,7 +159,7 @@ def rising_levels(
             level = run_level(rate, True)
             levels.append(level)
         if not _kept_up(level, config):
-            kept = max((lv.offered for lv in levels if lv.achieved >= 0.95 * lv.offered), default=0.0)
+            kept = max((lv.offered for lv in levels if lv.sustained), default=0.0)
             refine = round(0.9 * level.achieved, -1)
             if level.achieved < config.saturated_ratio * rate and refine > kept * 1.05:
                 levels.append(run_level(refine, True))
@@ -169,5 +174,5 @@ def _kept_up(level: Level, config: SweepConfig) -> bool:
 
 def max_sustainable(levels: list[Level]) -> float:
     """The highest achieved rate among levels that kept up (else the highest achieved)."""
-    kept = [lv.achieved for lv in levels if lv.achieved >= 0.95 * lv.offered]
+    kept = [lv.achieved for lv in levels if lv.sustained]
     return max(kept or [lv.achieved for lv in levels] or [0.0])
