@@ -87,11 +87,6 @@ class _Parsed:
     raw_inputs: Mapping[str, Any]
     scan: bool  # the raw value may hold booleans or too many elements
 
-    @property
-    def route_pin(self) -> tuple[str, str]:
-        """(version, arm) chosen by routing."""
-        return self.route.version, self.route.arm
-
 
 def _tensors_together(group: Sequence[_Parsed], ctx: DecodeContext) -> list[Event | DeadLetter]:
     spec = group[0].spec
@@ -102,7 +97,14 @@ def _tensors_together(group: Sequence[_Parsed], ctx: DecodeContext) -> list[Even
             return [_one(p, ctx) for p in group]
         columns[t.name] = arr
     return [
-        Event(p.event_id, spec.name, {n: a[k] for n, a in columns.items()}, p.record, *p.route_pin)
+        Event(
+            p.event_id,
+            spec.name,
+            {n: a[k] for n, a in columns.items()},
+            p.record,
+            version=p.route.version,
+            arm=p.route.arm,
+        )
         for k, p in enumerate(group)
     ]
 
