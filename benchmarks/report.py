@@ -95,6 +95,20 @@ def write_markdown(report: dict[str, Any], path: Path, plot: Path, json_path: Pa
             f"{_fmt(at.get('p50_ms'))} | "
             f"{_fmt(at.get('p95_ms'))} | {_fmt(at.get('p99_ms'))} |"
         )
+    if report.get("drain"):
+        lines += [
+            "",
+            "Draining a preloaded backlog (events written first, then the system started; rate over the "
+            "middle 80% of its outputs):",
+            "",
+            "| system | backlog | outputs read | events/s | measured over s |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, d in report["drain"].items():
+            lines.append(
+                f"| {name} | {d['events']:,} | {d['received']:,} | {_fmt(d['rate'], 0)} | "
+                f"{_fmt(d['seconds'], 2)} |"
+            )
     lines += ["", "Triton bound (`perf_analyzer`, gRPC, concurrency 4):", ""]
     lines += ["| batch | inferences/s | p50 ms | p99 ms |", "|---:|---:|---:|---:|"]
     for p in report["triton_bound"]:

@@ -3,8 +3,8 @@
 Starts one tansu broker and one tritonserver, measures Triton alone with
 perf_analyzer, then for each system (raw client, pass-through, naive agent,
 engine with 1 and 2 workers) sweeps the offered rate from low load to
-saturation, and writes reports/bench/bench.json, reports/bench/latency.png and
-docs/benchmarks.md.
+saturation, times the main systems draining a preloaded backlog, and writes
+reports/bench/bench.json, docs/benchmarks-latency.png and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
+from benchmarks.drain import measure_drain
 from benchmarks.perf import PerfPoint, run_perf
 from benchmarks.report import machine, write_json, write_markdown, write_plot
 from benchmarks.sweep import Level, SweepConfig, Sweeper, max_sustainable, rising_levels
@@ -50,6 +51,9 @@ FRESH_AFTER_EVENTS = 15_000
 # confluent-kafka copy loop at ~1.7k/s; 2 partitions x 10 ms carried 10k/s at ~70%).
 PARTITIONS = 2
 FETCH_WAIT_MS = 10
+# Systems timed draining a preloaded backlog (benchmarks/drain.py), and the backlog's size.
+DRAIN_SYSTEMS = ("raw client bound", "pass-through bound", "engine, 1 worker", "engine, 2 workers")
+DRAIN_EVENTS, DRAIN_EVENTS_QUICK = 60_000, 40_000
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class BenchOptions:
     docs: Path
     systems: tuple[str, ...]
     perf: bool
+    drain: bool
 
 
 def parse(argv: Sequence[str] | None) -> BenchOptions:
@@ -74,8 +79,11 @@ def parse(argv: Sequence[str] | None) -> BenchOptions:
     kinds = sorted({s.kind for s in SYSTEMS})
     parser.add_argument("--only", nargs="*", default=[], help=f"system kinds to run: {kinds}")
     parser.add_argument("--no-perf", action="store_true", help="skip perf_analyzer")
+    parser.add_argument("--no-drain", action="store_true", help="skip draining preloaded backlogs")
     args = parser.parse_args(argv)
-    return BenchOptions(args.quick, args.out, args.docs, tuple(args.only), not args.no_perf)
+    return BenchOptions(
+        args.quick, args.out, args.docs, tuple(args.only), not args.no_perf, not args.no_drain
+    )
 
 
 def bench_system(
@@ -132,8 +140,9 @@ class _FreshSystem:
             system.stop()
 
 
-def targets(systems: dict[str, Any]) -> list[dict[str, Any]]:
+def targets(systems: dict[str, Any], drains: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Issue 7's targets as measured in this run."""
+    drains = drains or {}
     out: list[dict[str, Any]] = []
     eng = systems.get("engine, 1 worker")
     if eng is None:
@@ -163,7 +172,24 @@ def targets(systems: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": half["p99_ms"] <= SLO_MS,
             }
         )
-    out.append({"target": ">= 20,000 events/s per worker", "measured": f"{e:,.0f}/s", "met": e >= 20_000})
+    out.append(
+        {
+            "target": ">= 20,000 events/s per worker, live sweep (load generator on the same cores)",
+            "measured": f"{e:,.0f}/s",
+            "met": e >= 20_000,
+        }
+    )
+    drained = drains.get("engine, 1 worker")
+    if drained:
+        raw = drains.get("raw client bound")
+        reference = f" (raw client bound {raw['rate']:,.0f}/s)" if raw else ""
+        out.append(
+            {
+                "target": ">= 20,000 events/s per worker, draining a preloaded backlog",
+                "measured": f"{drained['rate']:,.0f}/s{reference}",
+                "met": drained["rate"] >= 20_000,
+            }
+        )
     adaptive = next((s for n, s in systems.items() if "adaptive" in n), None)
     fixed = [
         s["max_within_slo"]
@@ -231,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"holds {FRESH_AFTER_EVENTS:,} records, and after a saturated level: the local broker (tansu, in "
         "memory) slows down as a topic's log grows (the same 1,000 events/s gave p50 26, 43, 60 ms in "
         "three back-to-back levels on one topic, 27-30 ms on fresh ones).",
+        "- Drain: the events are written to fresh topics first, then the system starts; its rate is "
+        "taken from the timestamps of the middle 80% of its outputs, so start-up and the load generator "
+        "are outside the measured window (the live sweep shares the two cores with the load generator).",
         "- Max sustainable: the highest achieved rate among levels that kept up (achieved >= 95% of "
         "offered). The first level that fails to keep up runs once more on fresh topics; when it fails "
         "again, one more level runs at 90% of what it achieved.",
@@ -247,10 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if opts.systems and spec.kind not in opts.systems or opts.quick and not spec.quick:
                 continue
             report["systems"][spec.name] = bench_system(spec, base, work, config, console)
+        if opts.drain:
+            report["drain"] = _drains(opts, base, work, console)
     finally:
         triton.stop()
         broker.stop()
-    report["targets"] = targets(report["systems"])
+    report["targets"] = targets(report["systems"], report.get("drain"))
     report["seconds"] = time.monotonic() - t0
     json_path, plot = opts.out / "bench.json", opts.docs.parent / "benchmarks-latency.png"
     write_json(report, json_path)
@@ -262,6 +293,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     for t in report["targets"]:
         console.print(f"  {'ok ' if t['met'] else 'NO '} {t['target']}: {t['measured']}")
     return 0
+
+
+def _drains(opts: BenchOptions, base: Settings, work: Path, console: Console) -> dict[str, Any]:
+    n = DRAIN_EVENTS_QUICK if opts.quick else DRAIN_EVENTS
+    console.rule(f"Draining a preloaded backlog of {n:,} events")
+    out = {}
+    for spec in SYSTEMS:
+        if spec.name not in DRAIN_SYSTEMS or opts.systems and spec.kind not in opts.systems:
+            continue
+        events = generate(load_profiles(REPO / "model_repository", [MODEL]), 10**9, seed=2, keys=256)
+        drain = measure_drain(spec, base, work, events, n, lambda msg: console.print(f"  {msg}"))
+        out[spec.name] = drain.as_dict()
+    return out
 
 
 def _perf(grpc_url: str, work: Path, quick: bool, console: Console) -> list[PerfPoint]:

@@ -93,9 +93,14 @@ def fresh_settings(base: Settings, spec: SystemSpec, work_dir: Path) -> Settings
     return settings
 
 
-def start_system(spec: SystemSpec, base: Settings, work_dir: Path) -> RunningSystem:
-    """Start ``spec``'s processes (not waiting: the sweep primes the pipeline first)."""
-    settings = fresh_settings(base, spec, work_dir)
+def start_system(
+    spec: SystemSpec, base: Settings, work_dir: Path, settings: Settings | None = None
+) -> RunningSystem:
+    """Start ``spec``'s processes (not waiting: the sweep primes the pipeline first).
+
+    ``settings`` (from ``fresh_settings``) when its topics already exist, else fresh ones.
+    """
+    settings = settings or fresh_settings(base, spec, work_dir)
     running = RunningSystem(spec, settings)
     if spec.kind in ("engine", "passthrough"):
         for i in range(spec.workers):
