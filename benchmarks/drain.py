@@ -47,8 +47,8 @@ def drain_rate(stamps_ms: Sequence[float], middle: float = MIDDLE) -> tuple[floa
     ordered = np.sort(np.asarray(stamps_ms, dtype=np.float64))
     lo = round(len(ordered) * (1 - middle) / 2)
     hi = len(ordered) - 1 - lo
-    seconds = (ordered[hi] - ordered[lo]) / 1000.0
-    return ((hi - lo) / seconds if seconds > 0 else 0.0), float(seconds)
+    seconds = float(ordered[hi] - ordered[lo]) / 1000.0
+    return ((hi - lo) / seconds if seconds > 0 else 0.0), seconds
 
 
 def preload(settings: Settings, events: Iterator[GeneratedEvent], n: int) -> None:

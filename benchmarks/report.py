@@ -31,9 +31,16 @@ def machine() -> dict[str, Any]:
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    """The whole report as JSON."""
+    """The whole report as JSON (numpy scalars as plain numbers: a late type error must not
+    throw away a quarter of an hour of measurements)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.write_text(json.dumps(report, indent=2, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalar
+        return value.item()
+    raise TypeError(f"{type(value).__name__} in the benchmark report")
 
 
 def write_plot(report: dict[str, Any], path: Path) -> None:

@@ -5,7 +5,7 @@ lifecycle. Consumed records do not go through Faust's per-event streams: the
 app's consumer hands each fetched batch to :func:`add_batch_consumer`'s
 handler (see :mod:`streams.transport` for why), which turns aiokafka's records
 into :class:`~engine.records.RawRecord` values and submits them to the
-pipeline. Each partition's part of a batch shares a
+pipeline in chunks. Each partition's part of a chunk shares a
 :class:`~engine.records.Completion`; when every record in it has its
 prediction or dead letter acknowledged by the broker, its offsets are
 acknowledged to Faust, which then commits up to the highest offset below which
@@ -14,14 +14,16 @@ every record is acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from engine.records import Completion, RawRecord, SourceRef
 from engine.routing import input_topics
@@ -103,17 +105,40 @@ def batch_handler(app: EngineApp, get_submit: Callable[[], Awaitable[Submit]], c
 
     async def handle(batch: FetchedBatch) -> None:
         submit = await get_submit()
-        consumer = app.consumer
+        consumer: Any = app.consumer
         now = time.monotonic()
-        records: list[RawRecord] = []
-        for tp, recs in batch:
-            offsets = [r.offset for r in recs]
-            done = partial(consumer.ack_offsets, tp, offsets)  # type: ignore[attr-defined]
-            records.extend(to_raw(recs, Completion(len(recs), done), now))
-        for start in range(0, len(records), chunk):
-            await submit(records[start : start + chunk])
+        for part in chunked(batch, chunk):
+            records: list[RawRecord] = []
+            for tp, recs in part:
+                done = partial(consumer.ack_offsets, tp, [r.offset for r in recs])
+                records.extend(to_raw(recs, Completion(len(recs), done), now))
+            consumer.hand_out(len(records))
+            # A rebalance or a stop cancels the consumer's fetch task, often here, while the
+            # pipeline is full. A chunk counted as in hand must then reach the pipeline whole (its
+            # offsets are acked when its records are done, and the revoke waits for exactly
+            # those); the chunks after it are never handed out, so are never acked or committed,
+            # and are read again by whoever owns the partition next.
+            await asyncio.shield(submit(records))
 
     return handle
+
+
+def chunked(batch: FetchedBatch, size: int) -> Iterator[FetchedBatch]:
+    """``batch`` in order, in parts of at most ``size`` records; a partition may span parts."""
+    part: list[tuple[TP, Sequence[Any]]] = []
+    n = 0
+    for tp, recs in batch:
+        start = 0
+        while start < len(recs):
+            take = recs[start : start + size - n]
+            part.append((tp, take))
+            n += len(take)
+            start += len(take)
+            if n == size:
+                yield part
+                part, n = [], 0
+    if part:
+        yield part
 
 
 def add_batch_consumer(

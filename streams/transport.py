@@ -77,7 +77,6 @@ class EngineConsumer(faust_aiokafka.Consumer):
                     continue
                 batch = await self._fresh(records, active)
                 if batch:
-                    self._in_hand += sum(len(recs) for _, recs in batch)
                     await handler(batch)
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
@@ -117,6 +116,10 @@ class EngineConsumer(faust_aiokafka.Consumer):
             if previous is not None and r.offset - previous > 1:
                 await self._add_gap(tp, previous + 1, r.offset - 1)  # both ends included
             previous = r.offset
+
+    def hand_out(self, n: int) -> None:
+        """``n`` records go to the batch handler now; each is acked by :meth:`ack_offsets` later."""
+        self._in_hand += n
 
     def ack_offsets(self, tp: TP, offsets: Iterable[int]) -> None:
         """Mark records handed to the batch handler as done (their offsets may be committed)."""

@@ -5,6 +5,13 @@ acknowledged (our pipeline acknowledges a record only after its output is
 acknowledged by the broker), commits, and only then runs the pipeline's own
 drain and closes the producer. A worker restarted afterwards resumes at the
 committed offsets: no event is processed twice.
+
+The second test stops a worker while its pipeline is full: a preloaded backlog
+keeps the consumer waiting on backpressure, which is where the stop cancels the
+fetch task. A fetched batch was once counted as in hand before all of it
+reached the pipeline, and such a worker waited for records that never would
+(the benchmark saw workers ignore SIGTERM for 20 s and more after saturated
+levels).
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ from engine.settings import Settings
 from tests.chaos.conftest import StartTriton
 from tests.chaos.harness import SteadyProducer, account, first_output_after, write_report
 from tests.integration.conftest import StartWorker
+from tests.integration.kafka import collect
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 EXIT_BOUND_S = 60.0  # the process must exit on its own well within this
+BACKLOG = 40_000  # preloaded: several seconds of saturated work for one worker on this machine
+SATURATED_EXIT_BOUND_S = 15.0  # records in hand are at most max_in_flight batches plus one chunk
 
 
 def test_sigterm_under_load_drains_commits_and_restart_duplicates_nothing(
@@ -65,6 +75,45 @@ def test_sigterm_under_load_drains_commits_and_restart_duplicates_nothing(
 
     assert code == 0, log_tail[-3000:]
     assert "unacknowledged" not in log_tail, log_tail[-3000:]
+    assert acc.lost == 0, acc.missing_sample
+    assert acc.dead_lettered == 0, acc.dlq_reasons
+    assert acc.duplicates == 0
+
+
+def test_sigterm_while_the_pipeline_is_full_exits_promptly_and_loses_nothing(
+    own_triton: StartTriton,
+    fresh_settings: Callable[..., Settings],
+    workers: StartWorker,
+) -> None:
+    settings = fresh_settings(own_triton())
+    t = settings.topics
+    bootstrap = settings.kafka.bootstrap_servers
+    backlog = SteadyProducer(bootstrap, t.events, count=BACKLOG, rate=1e9, prefix="full")
+    backlog.start()
+    backlog.finish()
+    worker = workers(settings, wait=False)
+    collect(bootstrap, [t.predictions], lambda got: len(got[t.predictions]) >= 1, timeout=120)
+
+    stopped_at = time.time()
+    worker.process.popen.send_signal(signal.SIGTERM)
+    try:
+        code = worker.process.popen.wait(SATURATED_EXIT_BOUND_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(
+            f"worker still running {SATURATED_EXIT_BOUND_S}s after SIGTERM with a full pipeline:\n"
+            f"{worker.process.log_tail()}"
+        )
+    exit_s = time.time() - stopped_at
+    log_tail = worker.process.log_tail(20_000)
+    worker.process.start()
+    worker.wait_ready(timeout=120)
+    acc = account(bootstrap, t.predictions, t.dlq, backlog.ids)
+    write_report(
+        "graceful_stop_full_pipeline",
+        acc.figures() | {"backlog": BACKLOG, "exit_code": code, "exit_s": round(exit_s, 3)},
+    )
+
+    assert code == 0, log_tail[-3000:]
     assert acc.lost == 0, acc.missing_sample
     assert acc.dead_lettered == 0, acc.dlq_reasons
     assert acc.duplicates == 0

@@ -10,7 +10,7 @@ from typing import Any
 from faust.types import TP
 
 from engine.records import RawRecord
-from streams.app import batch_handler, to_raw
+from streams.app import batch_handler, chunked, to_raw
 
 
 @dataclass
@@ -29,9 +29,14 @@ class Rec:
 @dataclass
 class FakeConsumer:
     acked: list[tuple[TP, list[int]]] = field(default_factory=list)
+    in_hand: int = 0
+
+    def hand_out(self, n: int) -> None:
+        self.in_hand += n
 
     def ack_offsets(self, tp: TP, offsets: Sequence[int]) -> None:
         self.acked.append((tp, list(offsets)))
+        self.in_hand -= len(offsets)
 
 
 @dataclass
@@ -137,3 +142,43 @@ async def test_offsets_the_broker_skipped_are_noted_as_gaps_so_commits_can_pass_
     gaps.calls.clear()
     await EngineConsumer._note_gaps(gaps, tp, None, batch[:2])  # type: ignore[arg-type]
     assert gaps.calls == []  # nothing read yet on this partition: no gap before the first record
+
+
+def test_chunks_keep_offset_order_and_split_a_partition_across_chunks() -> None:
+    a, b = TP("events", 0), TP("events", 1)
+    parts = list(chunked([(a, recs(a, 0, 5)), (b, recs(b, 0, 4))], 4))
+    shape = [[(tp.partition, [r.offset for r in rs]) for tp, rs in part] for part in parts]
+    assert shape == [[(0, [0, 1, 2, 3])], [(0, [4]), (1, [0, 1, 2])], [(1, [3])]]
+    assert list(chunked([], 4)) == []
+
+
+async def test_a_handler_cancelled_mid_batch_hands_out_whole_chunks_and_acks_all_it_handed_out() -> None:
+    """A rebalance or stop cancels the fetch task while the pipeline is full: the chunk being
+    submitted still arrives whole, later chunks are never handed out, so the records in hand
+    (what a revoke waits for) all complete. Before, the whole batch was counted up front and a
+    worker stopped under load waited for records that never reached the pipeline."""
+    accepted: list[RawRecord] = []
+    capacity = asyncio.Event()
+
+    async def submit(records: Sequence[RawRecord]) -> None:
+        accepted.extend(records)  # the pipeline takes the chunk, then waits for room
+        await capacity.wait()
+
+    async def get_submit() -> Any:
+        return submit
+
+    app = FakeApp()
+    a, b = TP("events", 0), TP("events", 1)
+    handle = batch_handler(app, get_submit, chunk=4)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(handle([(a, recs(a, 0, 6)), (b, recs(b, 0, 6))]))
+    await asyncio.sleep(0.01)  # the first chunk is in, waiting for capacity
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert [r.source.offset for r in accepted] == [0, 1, 2, 3]
+    assert app.consumer.in_hand == 4  # only what reached the pipeline
+    for r in accepted:
+        r.completion.done()
+    assert app.consumer.acked == [(a, [0, 1, 2, 3])] and app.consumer.in_hand == 0
+    capacity.set()
+    await asyncio.sleep(0)
+    assert len(accepted) == 4  # nothing more was handed out after the cancel

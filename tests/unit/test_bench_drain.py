@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from benchmarks.drain import drain_rate
+from benchmarks.report import write_json
 from benchmarks.run import targets
 
 
@@ -42,3 +47,17 @@ def test_per_worker_target_is_reported_for_the_live_sweep_and_the_drain_separate
 def test_without_a_drain_there_is_no_drain_target_row() -> None:
     rows = [t["target"] for t in targets({"engine, 1 worker": _system(10_000.0)})]
     assert not any("draining" in r for r in rows)
+
+
+def test_drain_figures_and_targets_are_plain_json_numbers() -> None:
+    rate, seconds = drain_rate([float(i) for i in range(100)])
+    assert type(rate) is float and type(seconds) is float
+    rows = targets({"engine, 1 worker": _system(10_000.0)}, {"engine, 1 worker": {"rate": rate}})
+    json.dumps(rows)  # raises on numpy scalars
+    assert all(type(row["met"]) is bool for row in rows)
+
+
+def test_report_json_turns_numpy_scalars_into_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "bench.json"
+    write_json({"rate": np.float64(1.5), "met": np.bool_(True), "n": np.int64(3)}, path)
+    assert json.loads(path.read_text()) == {"rate": 1.5, "met": True, "n": 3}
