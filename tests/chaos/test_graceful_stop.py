@@ -24,6 +24,7 @@ from collections.abc import Callable
 import pytest
 
 from engine.settings import Settings
+from engine.stack import WorkerProcess
 from tests.chaos.conftest import StartTriton
 from tests.chaos.harness import SteadyProducer, account, first_output_after, write_report
 from tests.integration.conftest import StartWorker
@@ -34,6 +35,15 @@ pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 EXIT_BOUND_S = 60.0  # the process must exit on its own well within this
 BACKLOG = 40_000  # preloaded: several seconds of saturated work for one worker on this machine
 SATURATED_EXIT_BOUND_S = 15.0  # records in hand are at most max_in_flight batches plus one chunk
+
+
+def _terminate(worker: WorkerProcess, bound_s: float) -> int:
+    """SIGTERM ``worker`` and return its exit code; fail the test if it runs past ``bound_s``."""
+    worker.process.popen.send_signal(signal.SIGTERM)
+    try:
+        return worker.process.popen.wait(bound_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"worker still running {bound_s}s after SIGTERM:\n{worker.process.log_tail()}")
 
 
 def test_sigterm_under_load_drains_commits_and_restart_duplicates_nothing(
@@ -50,11 +60,7 @@ def test_sigterm_under_load_drains_commits_and_restart_duplicates_nothing(
 
     producer.wait_sent(0.4)
     stopped_at = time.time()
-    worker.process.popen.send_signal(signal.SIGTERM)
-    try:
-        code = worker.process.popen.wait(EXIT_BOUND_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"worker still running {EXIT_BOUND_S}s after SIGTERM:\n{worker.process.log_tail()}")
+    code = _terminate(worker, EXIT_BOUND_S)
     exited_at = time.time()
     log_tail = worker.process.log_tail(20_000)
     producer.wait_sent(0.6)
@@ -95,14 +101,7 @@ def test_sigterm_while_the_pipeline_is_full_exits_promptly_and_loses_nothing(
     collect(bootstrap, [t.predictions], lambda got: len(got[t.predictions]) >= 1, timeout=120)
 
     stopped_at = time.time()
-    worker.process.popen.send_signal(signal.SIGTERM)
-    try:
-        code = worker.process.popen.wait(SATURATED_EXIT_BOUND_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail(
-            f"worker still running {SATURATED_EXIT_BOUND_S}s after SIGTERM with a full pipeline:\n"
-            f"{worker.process.log_tail()}"
-        )
+    code = _terminate(worker, SATURATED_EXIT_BOUND_S)
     exit_s = time.time() - stopped_at
     log_tail = worker.process.log_tail(20_000)
     worker.process.start()
