@@ -14,13 +14,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
 from benchmarks.systems import SystemSpec, fresh_settings, start_system
 from engine.eventgen import GeneratedEvent
+from engine.kafka_tools import produce_all
 from engine.settings import Settings
 
 MIDDLE = 0.8  # share of the outputs the rate is measured over
@@ -53,20 +55,10 @@ def drain_rate(stamps_ms: Sequence[float], middle: float = MIDDLE) -> tuple[floa
 
 def preload(settings: Settings, events: Iterator[GeneratedEvent], n: int) -> None:
     """Write ``n`` events to the input topic and wait until the broker has them all."""
-    producer = Producer(settings.kafka.confluent_config() | {"linger.ms": "5"})
-    topic = settings.topics.events
-    for _ in range(n):
-        ev = next(events)
-        while True:
-            try:
-                producer.produce(topic, ev.value, ev.key)
-                break
-            except BufferError:
-                producer.poll(0.01)
-        producer.poll(0)
-    left = producer.flush(60)
-    if left:
-        raise RuntimeError(f"{left} preloaded events were not acknowledged by the broker")
+    items = ((ev.value, ev.key) for ev in islice(events, n))
+    acked = produce_all(settings.kafka.confluent_config(), settings.topics.events, items)
+    if acked != n:
+        raise RuntimeError(f"{n - acked} preloaded events were not acknowledged by the broker")
 
 
 def read_outputs(settings: Settings, n: int, timeout: float, alive: Callable[[], bool]) -> list[float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from engine.embedded import (
     start_broker,
     start_triton,
 )
-from engine.eventgen import generate, load_profiles
+from engine.eventgen import GeneratedEvent, generate, load_profiles
 from engine.settings import Settings
 from engine.stack import copy_model_repository
 
@@ -112,6 +112,11 @@ def bench_system(
     }
 
 
+def bench_events(seed: int) -> Iterator[GeneratedEvent]:
+    """An endless stream of ``MODEL``'s events, the same for every system given the same seed."""
+    return generate(load_profiles(REPO / "model_repository", [MODEL]), 10**9, seed=seed, keys=256)
+
+
 class _FreshSystem:
     """One running instance of a system, started again on fresh topics when asked or when its
     input topic has grown past ``FRESH_AFTER_EVENTS`` (the local broker slows as a topic grows)."""
@@ -125,8 +130,9 @@ class _FreshSystem:
         if self._running is None or fresh or self._running[1].sent > FRESH_AFTER_EVENTS:
             self.stop()
             system = start_system(self._spec, self._base, self._work)
-            events = generate(load_profiles(REPO / "model_repository", [MODEL]), 10**9, seed=1, keys=256)
-            sweeper = Sweeper(system, events, self._config, lambda msg: self._console.print(f"  {msg}"))
+            sweeper = Sweeper(
+                system, bench_events(seed=1), self._config, lambda msg: self._console.print(f"  {msg}")
+            )
             self._running = (system, sweeper)
             sweeper.prime()
         return self._running[1].run_level(rate, seconds)
@@ -302,8 +308,9 @@ def _drains(opts: BenchOptions, base: Settings, work: Path, console: Console) ->
     for spec in SYSTEMS:
         if spec.name not in DRAIN_SYSTEMS or opts.systems and spec.kind not in opts.systems:
             continue
-        events = generate(load_profiles(REPO / "model_repository", [MODEL]), 10**9, seed=2, keys=256)
-        drain = measure_drain(spec, base, work, events, n, lambda msg: console.print(f"  {msg}"))
+        drain = measure_drain(
+            spec, base, work, bench_events(seed=2), n, lambda msg: console.print(f"  {msg}")
+        )
         out[spec.name] = drain.as_dict()
     return out
 
