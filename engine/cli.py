@@ -162,11 +162,12 @@ def replay(
 @app.command()
 def up(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes to start.")] = 2,
-    partitions: Annotated[int, typer.Option(min=1, help="Partitions per topic (>= workers).")] = 2,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions per new topic (>= workers).")] = 4,
     demo_rate: Annotated[float, typer.Option(help="Publish synthetic events at this rate (0: none).")] = 0.0,
     duration: Annotated[Optional[float], typer.Option(help="Stop after N seconds (default: Ctrl-C).")] = None,
     model_repository: Annotated[Path, typer.Option(help="Model repository.")] = Path("model_repository"),
     kafka_port: Annotated[int, typer.Option(help="Broker port.")] = 9092,
+    kafka_controller_port: Annotated[int, typer.Option(help="KRaft controller port.")] = 9093,
     triton_http_port: Annotated[int, typer.Option(help="Triton HTTP port.")] = 8000,
     triton_grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = 8001,
     triton_metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
@@ -176,18 +177,24 @@ def up(
     ] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the demo summary (JSON) here.")] = None,
 ) -> None:
-    """Start the local stack (tansu, tritonserver, workers) as processes; Ctrl-C stops it."""
+    """Start the local stack (Apache Kafka, tritonserver, workers) as processes; Ctrl-C stops it.
+
+    Kafka keeps its data in <data_dir>/stack/kafka-data across runs (`make clean` removes it).
+    """
     from engine.stack import StackPorts
     from engine.up import UpOptions, run_up
 
-    # tansu holds every fetch for the full fetch wait and pays per partition per fetch: a short
-    # wait over few partitions keeps latency low without the broker eating a core (docs/benchmarks.md).
     partitions = max(partitions, workers)  # a worker without a partition would idle
-    settings = load_settings(
-        **{"otlp_endpoint": otlp_endpoint, "kafka.fetch_max_wait_ms": 10, "topics.partitions": partitions}
-    )
+    settings = load_settings(**{"otlp_endpoint": otlp_endpoint, "topics.partitions": partitions})
     _logging("WARNING")
-    ports = StackPorts(kafka_port, triton_http_port, triton_grpc_port, triton_metrics_port, metrics_port)
+    ports = StackPorts(
+        kafka_port,
+        triton_http_port,
+        triton_grpc_port,
+        triton_metrics_port,
+        metrics_port,
+        kafka_controller_port,
+    )
     opts = UpOptions(
         workers=workers,
         model_repository=model_repository,

@@ -136,12 +136,14 @@ class PredictionMonitor(threading.Thread):
         log: SendLog,
         window_s: float = 5.0,
         max_samples: int = 400_000,
+        from_beginning: bool = True,
     ) -> None:
         super().__init__(name="prediction-monitor", daemon=True)
         self._config = dict(config)
         self._topics = (predictions_topic, dlq_topic)
         self._log = log
         self._window = window_s
+        self._from_beginning = from_beginning  # False: only outputs written from now on
         self._stop_flag = threading.Event()
         self._lock = threading.Lock()
         self._recent: deque[tuple[float, float]] = deque()  # (arrival, latency s)
@@ -158,18 +160,19 @@ class PredictionMonitor(threading.Thread):
         self._stop_flag.set()
 
     def run(self) -> None:
-        """Assign every partition from the beginning (no group join) and read until stopped."""
+        """Assign every partition (no group join) from the beginning or the end, read until stopped."""
         consumer = Consumer(
             {**self._config, "group.id": f"sie-monitor-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
         )
         metadata = consumer.list_topics(timeout=10)
-        consumer.assign(
-            [
-                TopicPartition(t, p, OFFSET_BEGINNING)
-                for t in self._topics
-                for p in metadata.topics[t].partitions
-            ]
-        )
+        partitions = [TopicPartition(t, p) for t in self._topics for p in metadata.topics[t].partitions]
+        for tp in partitions:  # the end as it is now, not whenever the first fetch happens
+            tp.offset = (
+                OFFSET_BEGINNING
+                if self._from_beginning
+                else consumer.get_watermark_offsets(tp, timeout=10)[1]
+            )
+        consumer.assign(partitions)
         try:
             while not self._stop_flag.is_set():
                 # poll() returns as soon as one record is there; consume(n, 0) takes the rest

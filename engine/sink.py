@@ -6,6 +6,11 @@ producer's message timeout) is produced again after a pause, without limit:
 the caller never sees a lost record, only a late one, and does not commit
 offsets past it meanwhile.
 
+A broker outage is logged once when it starts - librdkafka reports every
+broker down (a dead broker), or outputs have waited ``stall_s`` for any answer
+(a frozen one keeps its connections open) - and once when deliveries succeed
+again, with how long it lasted.
+
 The producer is polled from the event loop (a task that runs only while
 deliveries are outstanding), not from a thread of its own: every extra Python
 thread competes for the GIL with the loop, and a poll thread measurably
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -68,6 +74,7 @@ class KafkaSink:
         *,
         loop: asyncio.AbstractEventLoop | None = None,
         retry_pause_s: float = 1.0,
+        stall_s: float = 5.0,
     ) -> None:
         conf: dict[str, Any] = {
             "acks": "all",
@@ -78,11 +85,15 @@ class KafkaSink:
             "batch.num.messages": 10000,
         }
         conf.update(config)
+        conf["error_cb"] = self._on_client_error
         self._producer = Producer(conf)
         self._loop = loop or asyncio.get_running_loop()
         self._retry_pause_s = retry_pause_s
         self._running = True
         self.last_error: str | None = None
+        self._stall_s = stall_s
+        self._down_since: float | None = None  # monotonic start of an outage, while one lasts
+        self._last_answer = time.monotonic()  # last delivery answer, or when outputs became outstanding
         self._retries: set[asyncio.Task[None]] = set()
         self._outstanding = 0  # produced, not yet answered by the broker
         self._wake = asyncio.Event()
@@ -99,6 +110,8 @@ class KafkaSink:
         return future
 
     async def _produce_all(self, records: Sequence[OutRecord], delivery: _Delivery) -> None:
+        if self._outstanding <= 0:  # idle time before this is no stall
+            self._last_answer = time.monotonic()
         produce = self._producer.produce
         on_delivery = delivery.on_delivery
         for record in records:
@@ -124,7 +137,11 @@ class KafkaSink:
 
     def finished(self, delivery: _Delivery) -> None:
         """Called from ``poll`` (loop or flush thread) when a ``send`` call's records all have an answer."""
+        self._last_answer = now = time.monotonic()
         if not delivery.failed:
+            if self._down_since is not None:
+                down, self._down_since = now - self._down_since, None
+                log.warning("Kafka reachable again: outputs delivered after an outage of %.1fs", down)
             self._loop.call_soon_threadsafe(_resolve, delivery.future)
             return
         failed, delivery.failed = delivery.failed, []
@@ -136,6 +153,23 @@ class KafkaSink:
             self._retry_pause_s,
         )
         self._loop.call_soon_threadsafe(self._schedule_retry, failed, delivery)
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (inside ``poll``): log the start of an outage once."""
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._outage_started(time.monotonic(), err.str())
+        else:
+            log.debug("Kafka client error: %s", err.str())
+
+    def _outage_started(self, since: float, why: str) -> None:
+        if self._down_since is None:
+            self._down_since = since
+            log.warning(
+                "Kafka unreachable (%s): %d outputs wait in the producer and are retried; "
+                "consumption pauses once the pipeline is full",
+                why,
+                self._outstanding,
+            )
 
     def _schedule_retry(self, failed: list[OutRecord], delivery: _Delivery) -> None:
         async def retry() -> None:
@@ -155,6 +189,9 @@ class KafkaSink:
                 await self._wake.wait()
                 continue
             self._producer.poll(0)
+            waited = time.monotonic() - self._last_answer
+            if waited > self._stall_s and self._down_since is None and self._outstanding > 0:
+                self._outage_started(self._last_answer, f"no delivery answer for {waited:.0f}s")
             await asyncio.sleep(0.001)
 
     async def close(self, timeout: float = 10.0) -> None:

@@ -1,4 +1,4 @@
-"""A whole local stack as child processes: tansu, tritonserver and N ``sie worker``s.
+"""A whole local stack as child processes: Apache Kafka, tritonserver and N ``sie worker``s.
 
 Used by ``sie up`` (and so ``make demo``) and by the integration tests. Each
 worker is a separate process configured only through ``SIE_*`` environment
@@ -20,7 +20,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic_core import to_json
 
 from engine.embedded import (
-    BrokerProcess,
+    KafkaBroker,
     ManagedProcess,
     TritonProcess,
     child_env,
@@ -29,6 +29,7 @@ from engine.embedded import (
     start_broker,
     start_triton,
 )
+from engine.embedded.kafka_dist import KAFKA_VERSION, kafka_libs
 from engine.embedded.process import http_ok
 from engine.settings import Settings
 from observability.tracing import otlp_traces_url
@@ -80,6 +81,7 @@ class WorkerProcess:
         """Block until ready; raises with the log tail if it dies or times out."""
         self.process.wait_ready(self.ready, timeout)
 
+
     def stop(self, timeout: float = 40) -> None:
         """SIGTERM: it drains in-flight batches and commits before exiting."""
         self.process.stop(timeout)
@@ -115,7 +117,7 @@ class Stack:
 
     settings: Settings
     work_dir: Path
-    broker: BrokerProcess | None = None
+    broker: KafkaBroker | None = None
     triton: TritonProcess | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
 
@@ -166,16 +168,18 @@ class StackPorts:
     triton_grpc: int = 8001
     triton_metrics: int = 8002
     first_worker_metrics: int = 9300
+    kafka_controller: int = 9093
 
     @classmethod
     def free(cls) -> StackPorts:
         """Ports free right now (tests)."""
-        return cls(free_port(), free_port(), free_port(), free_port(), 0)
+        return cls(free_port(), free_port(), free_port(), free_port(), 0, free_port())
 
     def check_free(self, workers: int) -> None:
         """Raise a clear error naming any port already in use."""
         wanted = {
             "Kafka": self.kafka,
+            "Kafka controller": self.kafka_controller,
             "Triton HTTP": self.triton_http,
             "Triton gRPC": self.triton_grpc,
             "Triton metrics": self.triton_metrics,
@@ -194,8 +198,13 @@ class StackError(RuntimeError):
 
 
 def port_is_free(port: int) -> bool:
-    """Whether 127.0.0.1:``port`` can be bound now."""
+    """Whether a server could listen on 127.0.0.1:``port`` now.
+
+    ``SO_REUSEADDR`` as the servers themselves set it: sockets of earlier client
+    connections in TIME_WAIT do not count as "in use".
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -225,8 +234,10 @@ def start_stack(
     logs = work_dir / "logs"
     stack = Stack(base, work_dir)
     try:
-        step(f"starting Kafka broker (tansu) on 127.0.0.1:{ports.kafka}")
-        stack.broker = start_broker(ports.kafka, logs)
+        data = work_dir / "kafka-data"
+        step(f"starting Apache Kafka {KAFKA_VERSION} (KRaft) on 127.0.0.1:{ports.kafka}, data in {data}")
+        kafka_libs(on_progress=step)  # the first start on a machine fetches the jars with Maven
+        stack.broker = start_broker(ports.kafka, logs, controller_port=ports.kafka_controller, data_dir=data)
         topics = base.topics
         step(f"creating topics {topics.events}, {topics.predictions}, {topics.dlq}")
         names = (topics.events, topics.predictions, topics.dlq)
@@ -258,7 +269,7 @@ def start_stack(
     return stack
 
 
-def _pointed_at(base: Settings, broker: BrokerProcess, triton: TritonProcess) -> Settings:
+def _pointed_at(base: Settings, broker: KafkaBroker, triton: TritonProcess) -> Settings:
     return base.model_copy(
         update={
             "kafka": base.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap}),

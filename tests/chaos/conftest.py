@@ -91,7 +91,6 @@ def chaos_settings(bootstrap: str, server: TritonProcess, tmp_path: Path, /, **o
             "group_id": f"chaos-{tag}",
             "session_timeout_s": 6.0,
             "heartbeat_interval_s": 0.5,
-            "fetch_max_wait_ms": 50,  # tansu holds a fetch for the whole wait; 5 ms stalled it
         },
         "topics": {"events": f"ev-{tag}", "predictions": f"pred-{tag}", "dlq": f"dlq-{tag}", "partitions": 4},
         "triton": {"url": server.grpc_url, "http_url": server.http_url, "request_timeout_s": 5.0},

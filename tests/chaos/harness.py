@@ -122,11 +122,12 @@ class Accounting:
     missing_sample: list[str]
     output_at: dict[str, float] = field(repr=False)  # id -> time of its first output
     per_partition_times: dict[int, list[float]] = field(repr=False)
+    duplicate_ids: list[str] = field(default_factory=list, repr=False)  # ids answered more than once
 
     def figures(self) -> dict[str, Any]:
         """The JSON-able summary."""
         d = asdict(self)
-        del d["output_at"], d["per_partition_times"]
+        del d["output_at"], d["per_partition_times"], d["duplicate_ids"]
         return d
 
 
@@ -189,6 +190,7 @@ def account(
         missing_sample=missing[:5],
         output_at=first,
         per_partition_times={p: sorted(ts) for p, ts in per_partition.items()},
+        duplicate_ids=sorted(i for i, n in counts.items() if n > 1),
     )
 
 

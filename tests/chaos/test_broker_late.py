@@ -37,7 +37,7 @@ def test_worker_started_before_the_broker_waits_then_processes_everything(
     assert wait_for_log(worker.process.log_tail, WAITING_LINE, timeout=60), worker.process.log_tail()
     time.sleep(3.0)  # a few more failed attempts
     assert worker.process.alive, worker.process.log_tail()
-    broker = start_broker(port, tmp_path)
+    broker = start_broker(port, tmp_path / "kafka")
     try:
         broker_up_at = time.time()
         create_chaos_topics(broker.bootstrap, settings)

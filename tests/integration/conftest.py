@@ -1,4 +1,4 @@
-"""Real servers for integration tests: one tansu broker and one tritonserver per session.
+"""Real servers for integration tests: one Apache Kafka broker and one tritonserver per session.
 
 Each test gets fresh topics and a fresh consumer group (``stack_settings``),
 and starts the workers it needs with ``workers``.
@@ -60,7 +60,6 @@ def stack_settings(broker: BrokerProcess, triton: TritonProcess, tmp_path: Path)
             "group_id": f"it-{tag}",
             "session_timeout_s": 6.0,
             "heartbeat_interval_s": 0.5,
-            "fetch_max_wait_ms": 10,
         },
         topics={"events": f"ev-{tag}", "predictions": f"pred-{tag}", "dlq": f"dlq-{tag}", "partitions": 4},
         triton={"url": triton.grpc_url, "http_url": triton.http_url},
