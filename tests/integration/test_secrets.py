@@ -1,8 +1,11 @@
-"""Secrets (SASL password, TLS key password) never appear in logs, `sie settings` or /metrics.
+"""Secrets (SASL password, TLS key password) never appear in logs, `sie settings` or HTTP bodies.
 
-A worker runs at DEBUG level with SASL_SSL credentials and an encrypted
-client key against the mutual-TLS broker front; everything it writes and
-serves is searched for the secret values.
+A worker runs at DEBUG level against the secured Apache Kafka broker of
+``test_tls.py`` with every secret configured - a SCRAM-SHA-512 user's password
+and an encrypted client key with its password - over mutual TLS (``SSL``
+listener) or SASL_SSL with SCRAM-SHA-512. Both process events end to end; a
+third worker, with a wrong SASL password, is refused and says why. Everything
+each worker writes and serves is searched for the secret values.
 """
 
 from __future__ import annotations
@@ -15,22 +18,31 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 
-from engine.embedded import TritonProcess, child_env, create_topics
+from engine.embedded import KafkaBroker, TritonProcess, child_env, create_topics
 from engine.eventgen import generate, load_profiles
 from engine.settings import Settings
 from engine.stack import settings_env
 from tests.integration.conftest import MODEL_REPOSITORY, REPO, StartWorker
 from tests.integration.kafka import collect, produce
-from tests.integration.test_tls import client_tls, tls_broker, tls_files  # noqa: F401
+from tests.integration.test_tls import (  # noqa: F401 (fixtures)
+    SCRAM,
+    mtls_client,
+    new_scram_user,
+    secure_broker,
+    ssl_bootstrap,
+    tls_files,
+)
 from tests.integration.tls_certs import TlsFiles
-from tests.integration.tls_front import TlsFront
 
 pytestmark = pytest.mark.integration
 
 REDACTED = "**********"
 ENDPOINTS = ("/metrics", "/healthz", "/readyz")
+EVENTS = 200
+TRACEPARENT = b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"
 
 
 def _get(url: str) -> str:
@@ -44,34 +56,41 @@ def _get(url: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "protocol",
+    ("protocol", "password_ok"),
     [
-        pytest.param("SSL", id="ssl-worker-processes-events"),
-        pytest.param("SASL_SSL", id="sasl-worker-refused-by-broker"),
+        pytest.param("SSL", True, id="ssl-worker-processes-events"),
+        pytest.param("SASL_SSL", True, id="sasl-ssl-scram-worker-processes-events"),
+        pytest.param("SASL_SSL", False, id="sasl-ssl-worker-with-wrong-password-is-refused"),
     ],
 )
-def test_secrets_never_appear_in_logs_settings_output_or_metrics(
+def test_secrets_never_appear_in_logs_settings_output_or_http_endpoints(
     protocol: str,
-    tls_broker: TlsFront,  # noqa: F811
+    password_ok: bool,
+    secure_broker: KafkaBroker,  # noqa: F811
     tls_files: TlsFiles,  # noqa: F811
     triton: TritonProcess,
     workers: StartWorker,
     tmp_path: Path,
 ) -> None:
-    """SSL: the worker runs end to end (SASL settings present but unused by the protocol).
+    """Every worker has both secrets configured (the client key is loaded in both protocols).
 
-    SASL_SSL: the local broker refuses SASL PLAIN, so the worker keeps probing
-    and logging why; the password still never shows.
+    SSL: the worker runs end to end over mutual TLS (the SASL settings are
+    present, unused by the protocol). SASL_SSL: it authenticates as a SCRAM
+    user (and presents its client certificate, which that listener does not
+    ask for) and runs end to end; with a wrong password the broker refuses it,
+    and it keeps probing and logging why.
     """
-    sasl_password = f"sasl-{uuid.uuid4().hex}"
+    user, password = new_scram_user(secure_broker)
+    sasl_password = password if password_ok else f"wrong-{uuid.uuid4().hex}"
+    bootstrap = ssl_bootstrap(secure_broker) if protocol == "SSL" else secure_broker.bootstrap
     tag = uuid.uuid4().hex[:8]
     settings = Settings.model_validate(
         {
             "kafka": {
-                "bootstrap_servers": tls_broker.bootstrap,
+                "bootstrap_servers": bootstrap,
                 "security_protocol": protocol,
-                "sasl_mechanism": "PLAIN",
-                "sasl_username": "sie-worker",
+                "sasl_mechanism": SCRAM,
+                "sasl_username": user,
                 "sasl_password": sasl_password,
                 "ssl_cafile": tls_files.ca,
                 "ssl_certfile": tls_files.client_cert,
@@ -80,7 +99,6 @@ def test_secrets_never_appear_in_logs_settings_output_or_metrics(
                 "group_id": f"secrets-{tag}",
                 "session_timeout_s": 6.0,
                 "heartbeat_interval_s": 0.5,
-                "fetch_max_wait_ms": 5,
             },
             "topics": {"events": f"ev-{tag}", "predictions": f"pred-{tag}", "dlq": f"dlq-{tag}"},
             "triton": {"url": triton.grpc_url, "http_url": triton.http_url},
@@ -89,25 +107,27 @@ def test_secrets_never_appear_in_logs_settings_output_or_metrics(
         }
     )
     secrets = [sasl_password, tls_files.client_key_password]
-    tls = client_tls(tls_files)
+    tls = mtls_client(tls_files)
+    tls_bootstrap = ssl_bootstrap(secure_broker)
     t = settings.topics
-    create_topics(tls_broker.bootstrap, {t.events: 4, t.predictions: 4, t.dlq: 4}, client_config=tls)
+    create_topics(tls_bootstrap, {t.events: 4, t.predictions: 4, t.dlq: 4}, client_config=tls)
     worker = workers(settings, wait=False)
-    if protocol == "SSL":
+    if password_ok:
         worker.wait_ready(timeout=90)
-        events = [
-            (e.key, e.value, [("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")])
-            for e in generate(load_profiles(MODEL_REPOSITORY), 200, prefix="sec")
-        ]
-        produce(tls_broker.bootstrap, t.events, events, client_config=tls)
+        events = list(generate(load_profiles(MODEL_REPOSITORY), EVENTS, prefix="sec"))
+        produce(
+            tls_bootstrap, t.events, [(e.key, e.value, [("traceparent", TRACEPARENT)]) for e in events], tls
+        )
         got = collect(
-            tls_broker.bootstrap,
-            [t.predictions],
-            lambda g: len(g[t.predictions]) >= 200,
+            tls_bootstrap,
+            [t.predictions, t.dlq],
+            lambda g: len(g[t.predictions]) + len(g[t.dlq]) >= EVENTS,
             90,
             client_config=tls,
         )
-        assert len(got[t.predictions]) == 200
+        assert not got[t.dlq], got[t.dlq][:3]
+        ids = sorted(orjson.loads(m.value or b"")["id"] for m in got[t.predictions])
+        assert ids == sorted(e.id for e in events), f"{len(ids)} predictions for {EVENTS} events"
     else:
         deadline = time.monotonic() + 30
         while "unreachable (attempt 2" not in worker.process.log_tail() and time.monotonic() < deadline:
@@ -125,10 +145,12 @@ def test_secrets_never_appear_in_logs_settings_output_or_metrics(
     log = worker.process.log_path.read_text(errors="replace")
 
     assert "starting worker with" in log and REDACTED in log, "the settings line was not logged"
-    if protocol == "SASL_SSL":
-        assert "unreachable (attempt 1: " in log and "SASL PLAIN mechanism handshake failed" in log, log
+    if not password_ok:
+        assert "unreachable (attempt 1: " in log, log[-3000:]
+        assert f"invalid credentials with SASL mechanism {SCRAM}" in log, log[-3000:]
     assert shown.returncode == 0, shown.stderr
-    assert '"sasl_password": "**********"' in shown.stdout, shown.stdout
+    assert f'"sasl_password": "{REDACTED}"' in shown.stdout, shown.stdout
+    assert f'"ssl_key_password": "{REDACTED}"' in shown.stdout, shown.stdout
     assert "sie_" in served[0], "no metrics were served"
     for secret in secrets:
         assert secret not in log, "a secret leaked into the worker log"
