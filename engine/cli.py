@@ -206,6 +206,21 @@ def up(
     raise typer.Exit(run_up(settings, opts, console))
 
 
+@app.command("fetch-kafka")
+def fetch_kafka() -> None:
+    """Check Java and fetch the local Apache Kafka broker's jars with Maven (once; cached)."""
+    from engine.embedded import EmbeddedServerError
+    from engine.embedded.kafka_dist import KAFKA_VERSION, find_java, kafka_libs
+
+    try:
+        find_java()
+        libs = kafka_libs(on_progress=lambda msg: console.print(f"[cyan]>[/] {msg}"))
+    except EmbeddedServerError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"Apache Kafka {KAFKA_VERSION}: {libs}")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
     """Benchmark the engine against its bounds (runs benchmarks/run.py; see --help there)."""
