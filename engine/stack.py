@@ -81,6 +81,10 @@ class WorkerProcess:
         """Block until ready; raises with the log tail if it dies or times out."""
         self.process.wait_ready(self.ready, timeout)
 
+    def respawn(self) -> None:
+        """Start the exited process again, without waiting: same settings, group and metrics port."""
+        if not self.process.alive:
+            self.process.start()
 
     def stop(self, timeout: float = 40) -> None:
         """SIGTERM: it drains in-flight batches and commits before exiting."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -12,12 +13,29 @@ from types import FrameType
 import numpy as np
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
+from engine.embedded import ManagedProcess
 from engine.eventgen import generate, load_profiles
 from engine.loadgen import PacedProducer, PredictionMonitor, SendLog, Snapshot
 from engine.settings import Settings
 from engine.stack import Stack, StackPorts, start_stack
+from engine.supervisor import (
+    Child,
+    Level,
+    Notice,
+    Notify,
+    RestartPolicy,
+    SupervisionError,
+    Supervisor,
+    Watched,
+)
+
+POLL_S = 1.0  # longest pause between two looks at the children (and demo view updates)
+BROKER = "Kafka broker"
+TRITON = "tritonserver"
+_STYLES = {Level.INFO: "cyan", Level.WARNING: "yellow"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,7 @@ class UpOptions:
     malformed_every: int = 200
     duration_s: float | None = None
     report: Path | None = None
+    restart_policy: RestartPolicy = RestartPolicy()
 
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
@@ -50,20 +69,82 @@ def run_up(settings: Settings, opts: UpOptions, console: Console) -> int:
         ports=opts.ports,
         on_step=lambda msg: console.print(f"[cyan]>[/] {msg}"),
     )
+    code = 0
     try:
         console.print(f"[green]stack ready in {time.monotonic() - started:.1f}s[/]")
         console.print(_endpoints(stack))
         console.print(f"logs: {work_dir / 'logs'} and {work_dir}/<worker>.log; Ctrl-C stops everything")
+        processes = _processes(stack)
+        supervisor = supervise(stack, lambda n: _print_notice(console, n, processes), opts.restart_policy)
         if opts.demo_rate > 0:
-            _demo(stack, opts, console)
+            _demo(stack, opts, console, supervisor)
         else:
-            _wait(stack, opts.duration_s, console)
+            _wait(supervisor, opts.duration_s)
     except KeyboardInterrupt:
         console.print("[yellow]stopping...[/]")
+    except SupervisionError as exc:
+        code = 1
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        process = _processes(stack).get(exc.child)
+        tail = process.log_tail(2000).strip() if process is not None else ""
+        if tail:
+            console.print(f"last lines of the {exc.child} log:\n{escape(tail)}")
+        console.print("[yellow]stopping...[/]")
     finally:
-        stack.stop()
+        stack.stop()  # workers drain first, then Triton, then the broker
         console.print("[green]stopped[/]")
-    return 0
+    return code
+
+
+@dataclass(frozen=True)
+class StackChild:
+    """One process of the stack as the supervisor sees it (:class:`~engine.supervisor.Child`)."""
+
+    name: str
+    process: ManagedProcess
+    respawn_with: Callable[[], None] | None = None  # None: watched only (the broker)
+    probe: Callable[[], bool] | None = None
+
+    def exit_code(self) -> int | None:
+        """None while it runs, else its return code (negative: the signal that ended it)."""
+        return self.process.popen.poll()
+
+    def respawn(self) -> None:
+        """Start it again as it was started (same settings and ports)."""
+        if self.respawn_with is None:
+            raise RuntimeError(f"{self.name} is not restarted by sie up")
+        self.respawn_with()
+
+    def ready(self) -> bool:
+        """Its readiness probe."""
+        return self.probe() if self.probe is not None else self.process.alive
+
+
+def supervise(stack: Stack, notify: Notify, policy: RestartPolicy | None = None) -> Supervisor:
+    """A supervisor restarting the stack's workers and tritonserver; the broker is only watched."""
+    children: list[Child] = [StackChild(w.name, w.process, w.respawn, w.ready) for w in stack.workers]
+    if stack.triton is not None:
+        children.append(StackChild(TRITON, stack.triton.process, stack.triton.respawn, stack.triton.ready))
+    watched: list[Watched] = [StackChild(BROKER, stack.broker.process)] if stack.broker is not None else []
+    return Supervisor(children, watched=watched, policy=policy, clock=time.monotonic, notify=notify)
+
+
+def _print_notice(console: Console, notice: Notice, processes: dict[str, ManagedProcess]) -> None:
+    text = escape(notice.text)
+    process = processes.get(notice.child)
+    if notice.level is Level.WARNING and process is not None:
+        text += f" [dim](log: {escape(str(process.log_path))})[/]"
+    console.print(f"[{_STYLES[notice.level]}]![/] {text}")
+
+
+def _processes(stack: Stack) -> dict[str, ManagedProcess]:
+    """Every process of the stack by the name the supervisor gives it."""
+    processes = {w.name: w.process for w in stack.workers}
+    if stack.triton is not None:
+        processes[TRITON] = stack.triton.process
+    if stack.broker is not None:
+        processes[BROKER] = stack.broker.process
+    return processes
 
 
 def _endpoints(stack: Stack) -> Table:
@@ -75,21 +156,17 @@ def _endpoints(stack: Stack) -> Table:
     return table
 
 
-def _wait(stack: Stack, duration_s: float | None, console: Console) -> None:
+def _wait(supervisor: Supervisor, duration_s: float | None) -> None:
     deadline = time.monotonic() + duration_s if duration_s else None
     while deadline is None or time.monotonic() < deadline:
-        _check_alive(stack, console)
-        time.sleep(1.0)
+        supervisor.poll()
+        pause = supervisor.next_poll_in(POLL_S)
+        if deadline is not None:
+            pause = min(pause, max(0.0, deadline - time.monotonic()))
+        time.sleep(pause)
 
 
-def _check_alive(stack: Stack, console: Console) -> None:
-    for worker in stack.workers:
-        if not worker.process.alive:
-            console.print(f"[red]{worker.name} exited[/]; log tail:\n{worker.process.log_tail(2000)}")
-            raise KeyboardInterrupt
-
-
-def _demo(stack: Stack, opts: UpOptions, console: Console) -> None:
+def _demo(stack: Stack, opts: UpOptions, console: Console, supervisor: Supervisor) -> None:
     settings = stack.settings
     config = settings.kafka.confluent_config()
     log = SendLog()
@@ -116,10 +193,14 @@ def _demo(stack: Stack, opts: UpOptions, console: Console) -> None:
     deadline = started + opts.duration_s if opts.duration_s else None
     try:
         with Live(_view(monitor.snapshot(), opts, 0.0), console=console, refresh_per_second=2) as live:
+            next_view = started + POLL_S
             while deadline is None or time.monotonic() < deadline:
-                time.sleep(1.0)
-                _check_alive(stack, console)
-                live.update(_view(monitor.snapshot(), opts, time.monotonic() - started))
+                supervisor.poll()
+                now = time.monotonic()
+                if now >= next_view:
+                    live.update(_view(monitor.snapshot(), opts, now - started))
+                    next_view = now + POLL_S
+                time.sleep(min(supervisor.next_poll_in(POLL_S), max(0.0, next_view - time.monotonic())))
     finally:
         producer.stop()
         producer.join(10)

@@ -11,7 +11,10 @@ Python build. Startup with two small models takes ~3 s.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import sys
 import sysconfig
 import uuid
@@ -27,6 +30,9 @@ from engine.embedded.process import (
     package_dir,
     require_file,
 )
+
+_SHM_PREFIX_ARG = "--backend-config=python,shm-region-prefix-name="
+_STUB = "triton_python_backend_stub"
 
 
 @dataclass(frozen=True)
@@ -118,9 +124,43 @@ class TritonProcess:
         self.process.start()
         self.process.wait_ready(self.ready, timeout)
 
+    def respawn(self) -> None:
+        """Start the exited server again, without waiting: same ports, model repository, arguments.
+
+        After a SIGKILL the python-backend stubs of the old server can outlive
+        it for a while, holding its shared-memory regions; they are killed and
+        the regions removed first (both are named by this server's own prefix).
+        """
+        if self.process.alive:
+            return
+        args = self.process.argv
+        prefix = next((a[len(_SHM_PREFIX_ARG) :] for a in args if a.startswith(_SHM_PREFIX_ARG)), "")
+        if prefix:
+            kill_stubs(prefix)
+            for region in Path("/dev/shm").glob(f"{prefix}*"):
+                region.unlink(missing_ok=True)
+        self.process.start()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server."""
         self.process.stop(timeout)
+
+
+def kill_stubs(shm_prefix: str) -> int:
+    """SIGKILL python-backend stubs whose shared-memory region starts with ``shm_prefix``; how many."""
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv[0].endswith(_STUB) and any(a.startswith(shm_prefix) for a in argv[1:]):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def discover_models(model_repository: Path) -> tuple[str, ...]:
@@ -166,7 +206,7 @@ def triton_argv(
         "--allow-metrics=true",
         "--allow-gpu-metrics=false",
         "--exit-timeout-secs=5",
-        f"--backend-config=python,shm-region-prefix-name=sie-{uuid.uuid4().hex[:8]}-",
+        f"{_SHM_PREFIX_ARG}sie-{uuid.uuid4().hex[:8]}-",
     ]
     return argv + _trace_args(otlp_endpoint)
 
