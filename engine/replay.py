@@ -117,8 +117,9 @@ def _read_until(
 ) -> list[DeadRecord]:
     """Read until every partition reached its end offset and ``settle`` s passed without a record.
 
-    End offsets only shorten the wait: some brokers (the local tansu) report
-    them a batch short, so reading goes on until the topic is quiet.
+    End offsets only shorten the wait: records of aborted transactions and
+    control markers take offsets no consumer sees, so reading goes on until
+    the topic is quiet.
     """
     out: list[DeadRecord] = []
     remaining = dict(ends)

@@ -33,8 +33,8 @@ class KafkaSettings(BaseModel):
     max_poll_records: int = Field(2000, gt=0)
     linger_ms: int = Field(2, ge=0)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    # Longest a fetch may wait for data. Kafka answers early when data is there;
-    # brokers that always wait (the local tansu) need it small: `sie up` and the tests use 5.
+    # Longest a fetch may wait for data. Kafka answers as soon as data is there, so this only
+    # bounds how long an idle consumer's fetch stays open (and how soon it sees a new record).
     fetch_max_wait_ms: int = Field(100, ge=1, le=30_000)
 
     def confluent_config(self) -> dict[str, str]:

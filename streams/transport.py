@@ -17,9 +17,9 @@ or the worker stops (:meth:`EngineConsumer.wait_empty`).
 
 **Fetch wait.** faust-streaming hard-codes ``fetch_max_wait_ms=1500``. Apache
 Kafka answers a fetch as soon as ``fetch.min.bytes`` (1) is there, so that
-value only matters on an idle topic; brokers that hold every fetch until the
-wait expires (the local ``tansu`` broker does) would add up to 1.5 s to each
-event's latency. The consumer is built with ``EngineApp.fetch_max_wait_ms``.
+value only matters on an idle topic; the consumer is built with
+``EngineApp.fetch_max_wait_ms`` (``SIE_KAFKA__FETCH_MAX_WAIT_MS``) so the
+settings hold the one value.
 (aiokafka's per-partition prefetch backoff stays at its 100 ms: shorter
 backoffs made fetches smaller and, on this machine, cost more throughput than
 they saved latency.)
@@ -30,13 +30,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TransportT
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
+
+from engine.settings import KafkaSettings
 
 # One fetched batch: per partition, aiokafka's ConsumerRecords in offset order.
 FetchedBatch = Sequence[tuple[TP, Sequence[Any]]]
@@ -47,7 +49,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka reads this attribute when it builds its Fetcher in start().
-        consumer._fetch_max_wait_ms = getattr(self.consumer.app, "fetch_max_wait_ms", 1500)
+        consumer._fetch_max_wait_ms = cast("EngineApp", self.consumer.app).fetch_max_wait_ms
         return consumer
 
 
@@ -151,7 +153,7 @@ class _Transport(faust_aiokafka.Transport):
 class EngineApp(faust.App):
     """A Faust app with batch delivery to ``batch_handler`` and a configurable fetch wait."""
 
-    fetch_max_wait_ms: int = 500
+    fetch_max_wait_ms: int = KafkaSettings().fetch_max_wait_ms  # one default: the settings'
     batch_handler: BatchHandler | None = None
 
     def _new_transport(self) -> TransportT:

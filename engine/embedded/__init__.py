@@ -19,12 +19,8 @@ from engine.embedded.tritonserver import (
     start_triton,
 )
 
-# The name the tests and tools used for the broker handle before Apache Kafka replaced tansu.
-BrokerProcess = KafkaBroker
-
 __all__ = [
     "KAFKA_VERSION",
-    "BrokerProcess",
     "BrokerSecurity",
     "EmbeddedServerError",
     "KafkaBroker",

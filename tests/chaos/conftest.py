@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.embedded import BrokerProcess, TritonProcess, create_topics, free_port, start_triton
+from engine.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_triton
 from engine.settings import Settings
 from engine.stack import copy_model_repository
 from tests.integration.conftest import MODEL_REPOSITORY, broker, work_dir, workers  # noqa: F401
@@ -118,7 +118,7 @@ def create_chaos_topics(
 
 
 @pytest.fixture
-def fresh_settings(broker: BrokerProcess, tmp_path: Path) -> Callable[..., Settings]:  # noqa: F811
+def fresh_settings(broker: KafkaBroker, tmp_path: Path) -> Callable[..., Settings]:  # noqa: F811
     """``make(triton, **overrides) -> Settings`` naming fresh, created topics on the session broker."""
 
     def make(server: TritonProcess, /, **overrides: object) -> Settings:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.embedded import BrokerProcess, TritonProcess, create_topics, free_port, start_broker, start_triton
+from engine.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_broker, start_triton
 from engine.settings import Settings
 from engine.stack import WorkerProcess, copy_model_repository, start_worker, worker_settings
 
@@ -26,7 +26,7 @@ def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def broker(work_dir: Path) -> Iterator[BrokerProcess]:
+def broker(work_dir: Path) -> Iterator[KafkaBroker]:
     process = start_broker(free_port(), work_dir)
     yield process
     process.stop()
@@ -51,7 +51,7 @@ def triton(work_dir: Path, model_repository: Path) -> Iterator[TritonProcess]:
 
 
 @pytest.fixture
-def stack_settings(broker: BrokerProcess, triton: TritonProcess, tmp_path: Path) -> Settings:
+def stack_settings(broker: KafkaBroker, triton: TritonProcess, tmp_path: Path) -> Settings:
     """Settings naming fresh topics (created, 4 partitions) and a fresh group."""
     tag = uuid.uuid4().hex[:8]
     settings = Settings(

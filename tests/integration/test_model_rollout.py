@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.embedded import BrokerProcess, TritonProcess, create_topics, free_port, start_triton
+from engine.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_triton
 from engine.eventgen import GeneratedEvent, generate, load_profiles
 from engine.model_control import ModelControl
 from engine.repository import deploy
@@ -111,7 +111,7 @@ def total(samples: dict, name: str) -> float:
 
 
 def test_promote_under_load_switches_versions_without_losing_an_event(
-    broker: BrokerProcess, own_triton: tuple[TritonProcess, Path], workers: StartWorker, tmp_path: Path
+    broker: KafkaBroker, own_triton: tuple[TritonProcess, Path], workers: StartWorker, tmp_path: Path
 ) -> None:
     triton, repository = own_triton
     tag = uuid.uuid4().hex[:8]

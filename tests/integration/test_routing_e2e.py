@@ -18,7 +18,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.embedded import BrokerProcess, TritonProcess, create_topics, free_port, start_triton
+from engine.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_triton
 from engine.eventgen import generate, load_profiles
 from engine.repository import deploy
 from engine.routing import Router
@@ -69,7 +69,7 @@ def routing(iris_topic: str, shadow_topic: str) -> dict:
 
 
 def test_ab_arms_topic_defaults_and_shadows_on_real_servers(
-    broker: BrokerProcess,
+    broker: KafkaBroker,
     two_version_triton: tuple[TritonProcess, Path],
     workers: StartWorker,
     tmp_path: Path,

@@ -37,7 +37,6 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from engine.embedded import (
-    BrokerProcess,
     BrokerSecurity,
     KafkaBroker,
     TritonProcess,
@@ -284,7 +283,7 @@ def test_sasl_ssl_listener_refuses_plaintext_wrong_password_and_other_mechanisms
 
 
 def test_worker_reaches_triton_over_grpc_tls(
-    broker: BrokerProcess, tls_files: TlsFiles, workers: StartWorker, tmp_path: Path
+    broker: KafkaBroker, tls_files: TlsFiles, workers: StartWorker, tmp_path: Path
 ) -> None:
     repo = copy_model_repository(MODEL_REPOSITORY, tmp_path / "triton")
     triton = start_triton(
