@@ -11,7 +11,7 @@ DEMO_RATE ?= 500
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint unit integration chaos bench bench-quick models clean
+.PHONY: demo test lint unit integration chaos bench bench-quick models clean kafka
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[local,dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Java 17+ checked and Apache Kafka's jars fetched by Maven once (~/.cache/sie); one clear line if not possible.
+kafka: $(STAMP)
+	$(BIN)/sie fetch-kafka
+
+demo: kafka
 	$(BIN)/sie up --workers $(WORKERS) --demo-rate $(DEMO_RATE)
 
 lint: $(STAMP)
@@ -32,23 +36,23 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
 
-integration: $(STAMP)
+integration: kafka
 	$(BIN)/python -m pytest tests/integration -q $(PYTEST_ARGS)
 
-chaos: $(STAMP)
+chaos: kafka
 	$(BIN)/python -m pytest tests/chaos -q $(PYTEST_ARGS)
 
-test: lint $(STAMP)
+test: lint kafka
 	$(BIN)/python -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[local,dev,bench]"
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) kafka
 	$(BIN)/sie bench
 
-bench-quick: $(BENCH_STAMP)
+bench-quick: $(BENCH_STAMP) kafka
 	$(BIN)/sie bench --quick
 
 models: $(STAMP)
@@ -62,5 +66,5 @@ clean:
 # RSS per process, p99 and lag over time -> reports/soak/ (soak.json, soak.png, soak.md).
 # SOAK_ARGS e.g. "--minutes 2" or "--rate 400". Not part of `make test`.
 SOAK_ARGS ?=
-soak: $(BENCH_STAMP)
+soak: $(BENCH_STAMP) kafka
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)

@@ -32,6 +32,7 @@ from engine.supervisor import (
     Watched,
 )
 
+MINUTE_S = 60.0  # the demo prints (and reports) each minute's rate and latency
 POLL_S = 1.0  # longest pause between two looks at the children (and demo view updates)
 BROKER = "Kafka broker"
 TRITON = "tritonserver"
@@ -191,12 +192,16 @@ def _demo(stack: Stack, opts: UpOptions, console: Console, supervisor: Superviso
     producer.start()
     started = time.monotonic()
     deadline = started + opts.duration_s if opts.duration_s else None
+    minutes: list[dict[str, float]] = []
     try:
         with Live(_view(monitor.snapshot(), opts, 0.0), console=console, refresh_per_second=2) as live:
             next_view = started + POLL_S
             while deadline is None or time.monotonic() < deadline:
                 supervisor.poll()
                 now = time.monotonic()
+                if now >= started + MINUTE_S * (len(minutes) + 1):
+                    minutes.append(_minute(monitor, started, len(minutes)))
+                    console.print(_minute_line(minutes[-1]))
                 if now >= next_view:
                     live.update(_view(monitor.snapshot(), opts, now - started))
                     next_view = now + POLL_S
@@ -207,7 +212,27 @@ def _demo(stack: Stack, opts: UpOptions, console: Console, supervisor: Superviso
         time.sleep(2.0)  # let the last predictions arrive
         monitor.stop()
         monitor.join(10)
-        _summary(monitor, producer, time.monotonic() - started, opts, console)
+        _summary(monitor, producer, time.monotonic() - started, opts, console, minutes)
+
+
+def _minute(monitor: PredictionMonitor, started: float, index: int) -> dict[str, float]:
+    """Outputs per second and latency percentiles of the ``index``-th minute of the demo."""
+    start = started + index * MINUTE_S
+    arrived, lat = monitor.window(start, start + MINUTE_S)
+    p50, p99 = np.percentile(lat * 1000.0, [50, 99]) if lat.size else (float("nan"),) * 2
+    return {
+        "minute": index + 1,
+        "events_per_s": round(arrived / MINUTE_S, 1),
+        "p50_ms": round(float(p50), 2),
+        "p99_ms": round(float(p99), 2),
+    }
+
+
+def _minute_line(row: dict[str, float]) -> str:
+    return (
+        f"minute {row['minute']:.0f}: {row['events_per_s']:,.0f} outputs/s, "
+        f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms"
+    )
 
 
 def _view(snap: Snapshot, opts: UpOptions, elapsed: float) -> Table:
@@ -229,7 +254,12 @@ def _view(snap: Snapshot, opts: UpOptions, elapsed: float) -> Table:
 
 
 def _summary(
-    monitor: PredictionMonitor, producer: PacedProducer, elapsed: float, opts: UpOptions, console: Console
+    monitor: PredictionMonitor,
+    producer: PacedProducer,
+    elapsed: float,
+    opts: UpOptions,
+    console: Console,
+    minutes: list[dict[str, float]],
 ) -> None:
     lat = np.array(monitor.latencies[len(monitor.latencies) // 10 :]) * 1000.0  # skip warm-up
     p50, p95, p99 = np.percentile(lat, [50, 95, 99]) if lat.size else (float("nan"),) * 3
@@ -244,6 +274,7 @@ def _summary(
         "p50_ms": round(float(p50), 2),
         "p95_ms": round(float(p95), 2),
         "p99_ms": round(float(p99), 2),
+        "per_minute": minutes,
     }
     console.print("summary: " + json.dumps(summary))
     if opts.report:
