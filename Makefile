@@ -1,7 +1,7 @@
 # Streaming inference engine - everything runs from a local virtualenv.
 #   make demo   set up and run the local stack with a demo producer and a live view
 #   make test   lint, type-check, and run unit, integration and chaos tests on real servers
-#   make bench  benchmark report (docs/benchmarks.md, reports/bench/)
+#   make bench  benchmark report on a local Apache Kafka + tritonserver (docs/benchmarks.md, reports/bench/)
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -49,6 +49,9 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[local,dev,bench]"
 	touch $(BENCH_STAMP)
 
+# One Apache Kafka broker (KRaft, on the JVM; emptied at the start, its data removed at the end) and
+# one tritonserver; each system swept on its own topics, then drains timed: ~15 min (bench-quick ~8).
+# Writes docs/benchmarks.md, docs/benchmarks-latency.png and reports/bench/bench.json.
 bench: $(BENCH_STAMP) kafka
 	$(BIN)/sie bench
 
@@ -62,9 +65,10 @@ clean:
 	rm -rf .sie reports .mypy_cache .pytest_cache .ruff_cache
 
 .PHONY: soak
-# 10 minutes at 70% of the max sustainable rate (found by a short sweep first; ~13 min in all);
-# RSS per process, p99 and lag over time -> reports/soak/ (soak.json, soak.png, soak.md).
-# SOAK_ARGS e.g. "--minutes 2" or "--rate 400". Not part of `make test`.
+# 10 minutes at 70% of the max sustainable rate (found by a short sweep first; ~13 min in all) on
+# a local Apache Kafka broker; RSS per process (workers, broker, tritonserver) with its slope, p99
+# and lag over time -> reports/soak/ (soak.json, soak.png, soak.md).
+# SOAK_ARGS e.g. "--minutes 2" or "--rate 2000". Not part of `make test`.
 SOAK_ARGS ?=
 soak: $(BENCH_STAMP) kafka
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)

@@ -1,13 +1,15 @@
 """``python -m benchmarks.soak`` (``make soak``): a long steady run, watching for leaks and drift.
 
-Starts tansu, tritonserver and the engine's worker(s) as real processes,
-measures the maximum sustainable rate with a short sweep (or takes ``--rate``),
-then offers ``--fraction`` (70%) of it for ``--minutes`` (10) on fresh topics.
-Every ``--interval`` seconds it records the RSS of each process (each worker,
-tansu, tritonserver with its python-backend stubs), the end-to-end p50/p99 of
-that interval and the lag (events produced and not yet answered). Writes
+Starts Apache Kafka (KRaft, single node, on the JVM), tritonserver and the
+engine's worker(s) as real processes, measures the maximum sustainable rate
+with a short sweep (or takes ``--rate``), then offers ``--fraction`` (70%) of
+it for ``--minutes`` (10) on fresh topics. Every ``--interval`` seconds it
+records the RSS of each process (each worker, the Kafka broker, tritonserver
+with its python-backend stubs), the end-to-end p50/p99 of that interval and
+the lag (events produced and not yet answered). Writes
 ``reports/soak/soak.json``, ``soak.png`` and ``soak.md``; the verdict is the
-worker's RSS growth after warm-up (target: under 10%).
+worker's RSS growth after warm-up (target: under 10%), reported with each
+process's RSS slope (MiB per minute, least squares after warm-up).
 """
 
 from __future__ import annotations
@@ -24,16 +26,14 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from benchmarks.report import machine
-from benchmarks.run import MODEL, PARTITIONS, REPO, start_servers
+from benchmarks.report import broker_setup, machine
+from benchmarks.run import BROKER_HEAP_MB, MODEL, PARTITIONS, REPO, start_servers, wipe_broker_data
+from benchmarks.soak_report import Sample, summarize, write_markdown, write_plot
 from benchmarks.sweep import SweepConfig, Sweeper, max_sustainable
 from benchmarks.systems import RunningSystem, SystemSpec, start_system
-from engine.embedded import create_topics
 from engine.eventgen import GeneratedEvent, generate, load_profiles
 from engine.loadgen import PacedProducer, PredictionMonitor, SendLog
 from engine.settings import Settings
-
-RSS_GROWTH_TARGET = 0.10
 
 
 @dataclass(frozen=True)
@@ -47,19 +47,6 @@ class SoakOptions:
     interval_s: float
     warmup_s: float
     out: Path
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One interval of the steady phase."""
-
-    t_s: float
-    rss_mib: dict[str, float]
-    answered_per_s: float
-    p50_ms: float
-    p99_ms: float
-    lag: int
-    worker: dict[str, float]  # summed over workers: consumed, predictions, pending, consumer lag
 
 
 def parse(argv: Sequence[str] | None) -> SoakOptions:
@@ -126,7 +113,7 @@ class SteadyRun:
         producer.start()
         deadline = time.monotonic() + timeout
         try:
-            while self.answered < 20:
+            while self.answered < 20 or not all(w.ready() for w in self._system.workers):
                 if time.monotonic() > deadline or not self._system.alive():
                     raise RuntimeError("no outputs while priming:\n" + self._system.log_tail())
                 time.sleep(0.2)
@@ -221,85 +208,6 @@ def _events() -> Iterator[GeneratedEvent]:
     return generate(load_profiles(REPO / "model_repository", [MODEL]), 10**9, seed=2, keys=256)
 
 
-def summarize(samples: list[Sample], warmup_s: float) -> dict[str, Any]:
-    """RSS growth per process after warm-up, latency and lag figures."""
-    steady = [s for s in samples if s.t_s >= warmup_s] or samples
-    first, last = steady[: max(len(steady) // 10, 1)], steady[-max(len(steady) // 10, 1) :]
-    growth: dict[str, dict[str, float | None]] = {}
-    for name in samples[0].rss_mib:
-        before = float(np.mean([s.rss_mib[name] for s in first]))
-        after = float(np.mean([s.rss_mib[name] for s in last]))
-        growth[name] = {"after_warmup_mib": round(before, 1), "at_end_mib": round(after, 1)}
-        growth[name]["growth"] = round((after - before) / before, 4) if before else None
-    p99s = [s.p99_ms for s in steady if not np.isnan(s.p99_ms)]
-    workers = [g for n, gs in growth.items() if n.startswith("worker") and (g := gs["growth"]) is not None]
-    return {
-        "rss": growth,
-        "worker_rss_growth_max": max(workers, default=None),
-        "worker_rss_growth_ok": bool(workers) and max(workers) < RSS_GROWTH_TARGET,
-        "p99_ms_median_of_intervals": round(float(np.median(p99s)), 1) if p99s else None,
-        "p99_ms_worst_interval": round(max(p99s), 1) if p99s else None,
-        "lag_max": max(s.lag for s in steady),
-        "lag_at_end": steady[-1].lag,
-        "answered_per_s_mean": round(float(np.mean([s.answered_per_s for s in steady])), 1),
-    }
-
-
-def write_plot(samples: list[Sample], warmup_s: float, path: Path, title: str) -> None:
-    """RSS per process, p50/p99 and lag against time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = [s.t_s / 60 for s in samples]
-    fig, (ax_rss, ax_lat, ax_lag) = plt.subplots(3, 1, figsize=(11, 10), sharex=True)
-    for name in samples[0].rss_mib:
-        ax_rss.plot(t, [s.rss_mib[name] for s in samples], label=name)
-    ax_rss.set(ylabel="RSS (MiB)", title=title)
-    ax_lat.plot(t, [s.p50_ms for s in samples], label="p50")
-    ax_lat.plot(t, [s.p99_ms for s in samples], label="p99")
-    ax_lat.set(ylabel="end-to-end latency (ms)", yscale="log")
-    ax_lag.plot(t, [s.lag for s in samples], label="events produced, not answered")
-    ax_lag.set(ylabel="lag (events)", xlabel="minutes")
-    for ax in (ax_rss, ax_lat, ax_lag):
-        ax.axvline(warmup_s / 60, color="grey", linestyle=":", label="end of warm-up")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_markdown(report: dict[str, Any], path: Path) -> None:
-    """A short human summary next to the JSON and the plot."""
-    s, m = report["summary"], report["machine"]
-    lines = [
-        "# Soak run",
-        "",
-        f"{report['minutes']:g} min at {report['rate']:,.0f} events/s "
-        f"({report['fraction']:.0%} of max sustainable {report['max_sustainable']:,.0f}/s), "
-        f"{report['workers']} worker(s); {m['cores']} cores, {m['cpu']}, commit `{m['commit']}`, "
-        f"started {report['started']}. Plot: soak.png.",
-        "",
-        "| process | RSS after warm-up (MiB) | RSS at end (MiB) | growth |",
-        "|---|---|---|---|",
-    ]
-    for name, g in s["rss"].items():
-        growth = "n/a" if g["growth"] is None else f"{g['growth']:+.1%}"
-        lines.append(f"| {name} | {g['after_warmup_mib']} | {g['at_end_mib']} | {growth} |")
-    verdict = "met" if s["worker_rss_growth_ok"] else "NOT met"
-    lines += [
-        "",
-        f"Worker RSS growth after warm-up under {RSS_GROWTH_TARGET:.0%}: **{verdict}**.",
-        f"p99 per {report['interval_s']:g} s interval: median {s['p99_ms_median_of_intervals']} ms, "
-        f"worst {s['p99_ms_worst_interval']} ms. Lag: max {s['lag_max']:,}, at end {s['lag_at_end']:,}. "
-        f"Answered {s['answered_per_s_mean']:,} events/s on average.",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the soak and write the reports; exit 1 if the worker's RSS grew past the target."""
     opts = parse(argv)
@@ -308,14 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = (opts.out / "work").resolve()
     work.mkdir(parents=True, exist_ok=True)
     broker, triton, base = start_servers(work, max(PARTITIONS, opts.workers))
-    create_topics(broker.bootstrap, {"soak-warmup": 1})
     try:
         best = opts.rate / opts.fraction if opts.rate else find_rate(base, work, console)
         rate = round(opts.rate or best * opts.fraction, -1)
         console.rule(f"soak: {rate:,.0f} events/s for {opts.minutes:g} min")
         system = start_system(SystemSpec("soak", "engine", opts.workers), base, work)
         pids = {f"worker-{i + 1}": w.process.pid for i, w in enumerate(system.workers)}
-        pids |= {"tansu": broker.process.pid, "tritonserver (+stubs)": triton.process.pid}
+        pids |= {"kafka broker (JVM)": broker.process.pid, "tritonserver (+stubs)": triton.process.pid}
         run = SteadyRun(system, _events(), pids)
         try:
             run.prime()
@@ -326,9 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         triton.stop()
         broker.stop()
+        wipe_broker_data(work)  # gigabytes of records nobody reads again; the broker's log stays
     summary = summarize(samples, opts.warmup_s)
     report: dict[str, Any] = {
         "machine": machine(),
+        "broker": broker_setup(BROKER_HEAP_MB),
+        "fetch_max_wait_ms": base.kafka.fetch_max_wait_ms,
         "started": started,
         "minutes": opts.minutes,
         "fraction": opts.fraction,

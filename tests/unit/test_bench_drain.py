@@ -1,4 +1,4 @@
-"""The benchmark's drain rate (benchmarks/drain.py) and the per-worker targets it feeds."""
+"""The benchmark's drain rate (benchmarks/drain.py), the targets it feeds, and the report around them."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from benchmarks.drain import drain_rate
-from benchmarks.report import write_json
-from benchmarks.run import targets
+from benchmarks.previous import PREVIOUS_TANSU, comparison_lines
+from benchmarks.report import write_json, write_markdown
+from benchmarks.targets import targets
 
 
 def test_drain_rate_is_taken_over_the_middle_of_the_outputs_leaving_out_start_and_tail() -> None:
@@ -29,8 +30,12 @@ def test_drain_rate_of_too_few_outputs_is_zero_rather_than_a_guess() -> None:
     assert drain_rate([5.0] * 20) == (0.0, 0.0)  # all in one millisecond: no measurable window
 
 
-def _system(best: float) -> dict[str, object]:
-    return {"max_sustainable": best, "max_within_slo": 0.0, "levels": [], "half_load": None}
+def _system(best: float, half: dict[str, float] | None = None, within: float = 0.0) -> dict[str, object]:
+    return {"max_sustainable": best, "max_within_slo": within, "levels": [], "half_load": half}
+
+
+def _half(offered: float, p99: float) -> dict[str, float]:
+    return {"offered": offered, "achieved": offered, "p50_ms": p99 / 2, "p95_ms": p99, "p99_ms": p99}
 
 
 def test_per_worker_target_is_reported_for_the_live_sweep_and_the_drain_separately() -> None:
@@ -61,3 +66,77 @@ def test_report_json_turns_numpy_scalars_into_numbers(tmp_path: Path) -> None:
     path = tmp_path / "bench.json"
     write_json({"rate": np.float64(1.5), "met": np.bool_(True), "n": np.int64(3)}, path)
     assert json.loads(path.read_text()) == {"rate": 1.5, "met": True, "n": 3}
+
+
+def test_p99_at_half_load_is_judged_against_25_ms_beside_the_raw_clients_own_half_load() -> None:
+    systems = {
+        "engine, 1 worker": _system(10_000.0, _half(5_000.0, 18.5)),
+        "raw client bound": _system(30_000.0, _half(15_000.0, 9.0)),
+    }
+    row = next(t for t in targets(systems) if "50% of max" in t["target"])
+    assert row["target"] == "p99 <= 25 ms at 50% of max sustainable rate"
+    assert row["measured"] == "18.5 ms at 5,000/s (raw client bound at 50% of its max, 15,000/s: p99 9.0 ms)"
+    assert row["met"] is True
+
+
+def test_adaptive_batching_is_compared_with_fixed_deadlines_at_the_real_slo() -> None:
+    systems = {
+        "engine, 1 worker": _system(10_000.0, within=4_000.0),
+        "engine, 1 worker, adaptive (SLO 25 ms)": _system(9_000.0, within=6_000.0),
+        "engine, 1 worker, fixed 20 ms deadline": _system(9_500.0, within=5_000.0),
+    }
+    row = next(t for t in targets(systems) if "adaptive" in t["target"])
+    assert row["target"] == "adaptive batching beats every fixed deadline at p99 <= 25 ms"
+    assert (row["measured"], row["met"]) == ("6,000/s vs best fixed 5,000/s", True)
+
+
+def _report() -> dict[str, object]:
+    broker = {"name": "Apache Kafka", "version": "4.1.1", "mode": "KRaft, single node", "heap_mb": 512}
+    return {
+        "machine": {"cores": 2, "cpu": "AMD EPYC", "python": "3.11.7", "commit": "abc1234"},
+        "started": "2026-12-01 10:00",
+        "seconds": 900.0,
+        "quick": False,
+        "model": "breast_cancer",
+        "partitions": 4,
+        "event_bytes": 374,
+        "broker": broker | {"java": 'openjdk version "17.0.15"'},
+        "fetch_max_wait_ms": 100,
+        "slo_ms": 25.0,
+        "systems": {
+            "engine, 1 worker": _system(15_000.0, _half(7_500.0, 20.0)) | {"at_max": None},
+            "engine, 1 worker, adaptive (SLO 25 ms)": _system(14_000.0) | {"at_max": None},
+        },
+        "drain": {
+            "engine, 1 worker": {"events": 200_000, "received": 200_000, "rate": 21_000.0, "seconds": 7.6}
+        },
+        "triton_bound": [],
+        "targets": [],
+        "previous": PREVIOUS_TANSU,
+    }
+
+
+def test_report_names_the_broker_and_sets_the_previous_tansu_run_beside_this_one(tmp_path: Path) -> None:
+    path = tmp_path / "benchmarks.md"
+    write_markdown(_report(), path, tmp_path / "plot.png", Path("reports/bench/bench.json"))
+    text = path.read_text()
+    assert "Broker: Apache Kafka 4.1.1, KRaft, single node, JVM heap 512 MiB" in text
+    assert "tansu" not in text.split("## Against the previous run on tansu (commit 013abbc)")[0]
+    assert "| engine, 1 worker | 15,000 | 13,480 | 21,000 | 17,253 |" in text
+    # the adaptive system is matched by name across the SLO change (50 ms on tansu, 25 ms now)
+    assert "| engine, 1 worker, adaptive (SLO 25 ms) | 14,000 | 10,319 | - | - |" in text
+    # systems this run did not measure still show the tansu figures
+    assert "| raw client bound | - | 33,571 | - | 193,544 |" in text
+    assert (
+        "- p99 at 50% of max, engine, 1 worker: p99 20.0 ms at 7,500/s (on tansu: 365.9 ms at 6,740/s)."
+        in text
+    )
+
+
+def test_comparison_says_when_a_half_load_level_was_not_run() -> None:
+    lines = comparison_lines(_report())
+    raw = next(line for line in lines if line.startswith("- p99 at 50% of max, raw client bound"))
+    assert raw == (
+        "- p99 at 50% of max, raw client bound: not run (on tansu: 121.8 ms at its level nearest "
+        "the engine's 50%, 5,830/s)."
+    )
