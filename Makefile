@@ -31,7 +31,7 @@ demo: kafka
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy engine streams observability
+	$(BIN)/mypy engine streams observability benchmarks
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)

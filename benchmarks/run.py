@@ -5,7 +5,7 @@ tritonserver, measures Triton alone with perf_analyzer, then for each system
 (raw client, pass-through, naive agent, engine with 1 and 2 workers, adaptive
 and fixed deadlines) sweeps the offered rate from low load to saturation on one
 set of topics, times the main systems draining a preloaded backlog, and writes
-reports/bench/bench.json, docs/benchmarks-latency.png and docs/benchmarks.md.
+reports/bench/bench.json (and docs/benchmarks.json), docs/benchmarks-latency.png and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -289,8 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["targets"] = targets(report["systems"], report.get("drain"))
     report["previous"] = PREVIOUS_TANSU
     report["seconds"] = time.monotonic() - t0
-    json_path, plot = opts.out / "bench.json", opts.docs.parent / "benchmarks-latency.png"
+    plot = opts.docs.parent / "benchmarks-latency.png"
+    json_path = opts.docs.with_suffix(".json")  # committed beside the report it backs
     write_json(report, json_path)
+    write_json(report, opts.out / "bench.json")
     write_plot(report, plot)
     write_markdown(
         report, opts.docs, plot, json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path
