@@ -1,4 +1,8 @@
-"""The ``sie`` command line. Settings are built here, once, and passed in."""
+"""The ``sie`` command line. Settings are built here, once, and passed in.
+
+Expected errors (a port in use, a missing binary, invalid settings) print one
+line and exit 1 (engine/cli_errors.py); ``sie --debug ...`` shows their traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,15 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
+from engine.cli_errors import DEBUG_PARAM, ExpectedErrorsGroup
 from engine.models_cli import models_app
+from engine.redact import settings_json, settings_line
 from engine.settings import Settings
 
-app = typer.Typer(help="Streaming inference engine: Kafka events -> Triton -> Kafka predictions.")
+app = typer.Typer(
+    cls=ExpectedErrorsGroup,
+    help="Streaming inference engine: Kafka events -> Triton -> Kafka predictions.",
+)
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
@@ -22,6 +31,15 @@ TritonUrl = Annotated[Optional[str], typer.Option("--triton-url", help="Triton g
 EventsTopic = Annotated[Optional[str], typer.Option("--events-topic", help="Input topic.")]
 PredTopic = Annotated[Optional[str], typer.Option("--predictions-topic", help="Output topic.")]
 DlqTopic = Annotated[Optional[str], typer.Option("--dlq-topic", help="Dead-letter topic.")]
+
+
+@app.callback()
+def main(
+    debug: Annotated[
+        bool, typer.Option(f"--{DEBUG_PARAM}", help="Show the traceback of expected errors too.")
+    ] = False,
+) -> None:
+    """Streaming inference engine: Kafka events -> Triton -> Kafka predictions."""
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -79,7 +97,7 @@ def worker(
         }
     )
     _logging(settings.log_level)
-    logging.getLogger(__name__).info("starting worker with %s", settings)
+    logging.getLogger(__name__).info("starting worker with %s", settings_line(settings))
     Worker(settings).run()
 
 
@@ -125,13 +143,21 @@ def replay(
         Optional[list[str]], typer.Option("--reason", help="Only this error.reason (repeatable).")
     ] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Replay at most N dead letters.")] = None,
-    to: Annotated[Optional[str], typer.Option("--to", help="Target topic (default: their source).")] = None,
+    to: Annotated[
+        Optional[str],
+        typer.Option("--to", help="Target topic (default: their source topic, if it is an input topic)."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be replayed.")] = False,
     bootstrap: Bootstrap = None,
     dlq_topic: DlqTopic = None,
     events_topic: EventsTopic = None,
 ) -> None:
-    """Republish dead letters' original bytes (key, headers) to the input topic after a fix."""
+    """Republish dead letters' original bytes (key, headers) to the input topic after a fix.
+
+    Without --to, a dead letter goes back to its source topic only if that is an
+    input topic (the events topic or a routing.topic_models key); others are
+    skipped and counted. The DLQ is streamed; --limit stops reading.
+    """
     from engine.errors import Reason
     from engine.replay import replay as run_replay
 
@@ -146,16 +172,19 @@ def replay(
         settings.kafka.confluent_config(),
         settings.topics.dlq,
         settings.topics.events,
+        inputs=set(settings.routing.topic_models),
         reasons=reason,
         limit=limit,
         to_topic=to,
         dry_run=dry_run,
     )
     verb = "would replay" if dry_run else "replayed"
-    chosen = sum(report.by_reason.values())
     console.print(
-        f"{verb} {chosen} of {report.read} dead letters from {settings.topics.dlq!r} "
-        f"by reason {dict(report.by_reason)} to {dict(report.by_topic)}; skipped {report.skipped}"
+        f"{verb} {report.chosen} of {report.read} dead letters read from {settings.topics.dlq!r} "
+        f"by reason {dict(report.by_reason)} to {dict(report.by_topic)}; "
+        f"skipped {report.skipped} {dict(report.skip_reasons)}",
+        soft_wrap=True,
+        markup=False,
     )
 
 
@@ -209,15 +238,10 @@ def up(
 @app.command("fetch-kafka")
 def fetch_kafka() -> None:
     """Check Java and fetch the local Apache Kafka broker's jars with Maven (once; cached)."""
-    from engine.embedded import EmbeddedServerError
     from engine.embedded.kafka_dist import KAFKA_VERSION, find_java, kafka_libs
 
-    try:
-        find_java()
-        libs = kafka_libs(on_progress=lambda msg: console.print(f"[cyan]>[/] {msg}"))
-    except EmbeddedServerError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
+    find_java()  # EmbeddedServerError: one line (engine/cli_errors.py)
+    libs = kafka_libs(on_progress=lambda msg: console.print(f"[cyan]>[/] {msg}"))
     console.print(f"Apache Kafka {KAFKA_VERSION}: {libs}")
 
 
@@ -236,8 +260,8 @@ def bench(ctx: typer.Context) -> None:
 
 @app.command("settings")
 def show_settings() -> None:
-    """Print the effective settings (secrets redacted)."""
-    typer.echo(Settings().model_dump_json(indent=2))
+    """Print the effective settings (secrets and credentials in URLs redacted)."""
+    typer.echo(settings_json(Settings()))
 
 
 if __name__ == "__main__":

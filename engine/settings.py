@@ -167,6 +167,8 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     drift: DriftSettings = DriftSettings()
     metrics_port: int = Field(9300, ge=0)
+    # Address of /metrics, /healthz, /readyz; all interfaces, so probes reach it in a container.
+    metrics_host: str = "0.0.0.0"
     worker_name: str = "sie-worker"
     data_dir: Path = Path(".sie")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

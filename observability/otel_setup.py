@@ -16,6 +16,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from engine.redact import redact_url
 from engine.settings import Settings
 from observability.tracing import otlp_traces_url
 
@@ -45,5 +46,5 @@ def configure_tracing(settings: Settings) -> TracerProvider | None:
         )
     )
     trace.set_tracer_provider(provider)
-    log.info("exporting traces to %s", url)
+    log.info("exporting traces to %s", redact_url(url))  # never a password in the URL
     return provider

@@ -1,10 +1,16 @@
-"""The worker's HTTP endpoint: ``/metrics``, ``/healthz`` (alive) and ``/readyz``."""
+"""The worker's HTTP endpoint: ``/metrics``, ``/healthz`` (alive) and ``/readyz``.
+
+Each connection is handled on its own thread and closed when it sends nothing
+for ``connection_timeout`` seconds, so a slow scrape or an idle client never
+keeps a liveness probe waiting.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
 from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -13,10 +19,29 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 # () -> (ready, details shown in the response body)
 ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
 
+# Longest a connection may stay silent (also bounds a send to a client that stops reading).
+CONNECTION_TIMEOUT_S = 10.0
+
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = CONNECTION_TIMEOUT_S  # socket timeout, set per connection (StreamRequestHandler)
+
+    def handle(self) -> None:
+        """Serve the request; a client that went silent or away is simply dropped."""
+        try:
+            super().handle()
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Scrapes every few seconds would flood the log; stay quiet."""
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """A WSGI server with one daemon thread per connection."""
+
+    daemon_threads = True  # a connection still open never holds up the worker's exit
+    block_on_close = False
 
 
 def make_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> Callable[..., Iterable[bytes]]:
@@ -43,9 +68,19 @@ def _json(start_response: Callable[..., Any], code: int, body: dict[str, Any]) -
 
 
 def serve(
-    port: int, registry: CollectorRegistry, readiness: ReadinessCheck, host: str = "0.0.0.0"
+    port: int,
+    registry: CollectorRegistry,
+    readiness: ReadinessCheck,
+    host: str = "0.0.0.0",
+    *,
+    connection_timeout: float = CONNECTION_TIMEOUT_S,
 ) -> WSGIServer:
-    """Serve in a daemon thread; returns the server (``.server_port``, ``.shutdown()``)."""
-    server = make_server(host, port, make_app(registry, readiness), WSGIServer, _QuietHandler)
+    """Serve on ``host:port`` in a daemon thread; returns the server (``.server_port``, ``.shutdown()``).
+
+    ``host`` is ``settings.metrics_host``: all interfaces by default, so probes
+    reach it inside a container.
+    """
+    handler = type("_Handler", (_QuietHandler,), {"timeout": connection_timeout})
+    server = make_server(host, port, make_app(registry, readiness), ThreadingWSGIServer, handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server

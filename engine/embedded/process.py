@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from engine.redact import redact_url
+
 log = logging.getLogger(__name__)
 
 
@@ -115,7 +117,8 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._close_log()
         self._log_file = self.log_path.open("ab")
-        self._log_file.write(f"\n=== starting {self.name}: {' '.join(self.argv)}\n".encode())
+        command = redact_url(" ".join(self.argv))  # e.g. Triton's OTLP URL with credentials
+        self._log_file.write(f"\n=== starting {self.name}: {command}\n".encode())
         self._log_file.flush()
         self.popen = subprocess.Popen(
             self.argv,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -78,12 +79,15 @@ def assert_healthchecks_pass(worker: WorkerProcess) -> None:
         assert done.returncode == 0, f"{name} health check failed: {done.stderr}\n{worker.process.log_tail()}"
 
 
-def test_ready_worker_is_alive_and_reports_its_assigned_partitions(
+def test_ready_worker_is_alive_even_with_an_idle_client_and_reports_its_assigned_partitions(
     stack_settings: Settings, workers: StartWorker
 ) -> None:
     worker = workers(stack_settings)  # returns once /readyz answered 200
 
     assert http_get(worker, "/healthz") == (200, {"status": "alive"})
+    with socket.create_connection(("127.0.0.1", worker.settings.metrics_port)) as idle:
+        idle.sendall(b"GET /metr")  # a request that never ends
+        assert http_get(worker, "/healthz") == (200, {"status": "alive"}), "an idle client held up the probe"
     code, body = poll(worker, "/readyz", lambda r: r[0] == 200)
     assert body["ready"] is True and body["triton"] is True
     assert 0 < body["assigned_partitions"] <= stack_settings.topics.partitions

@@ -87,7 +87,7 @@ def test_replay_republishes_dead_letters_of_one_reason_after_the_fix(
         assert msg.headers["traceparent"] == sent_trace[msg.key], "trace context survives the replay"
 
 
-def test_replay_keeps_bytes_key_and_headers_and_honours_limit_and_dry_run(
+def test_replay_keeps_bytes_key_and_headers_and_honours_limit_dry_run_and_input_topics(
     stack_settings: Settings,
 ) -> None:
     t = stack_settings.topics
@@ -112,7 +112,16 @@ def test_replay_keeps_bytes_key_and_headers_and_honours_limit_and_dry_run(
     assert (dry.replayed, dict(dry.by_reason), dry.read) == (0, {"invalid_json": 3}, 4)
 
     report = replay(config, t.dlq, t.events, reasons=["invalid_json"], limit=2, to_topic=scratch)
-    assert report.replayed == 2 and report.skipped == 2
+    # Reading stops at the second invalid_json letter: at most the one bad_shape letter was skipped.
+    assert report.replayed == 2 and report.skipped <= 1
+    assert report.read == report.replayed + report.skipped
+
+    elsewhere = replay(config, t.dlq, t.events, reasons=["bad_shape"])  # source.topic "x": no input
+    assert (elsewhere.replayed, elsewhere.read) == (0, 4)
+    assert dict(elsewhere.skip_reasons) == {
+        "error.reason 'invalid_json' not selected": 3,
+        "source.topic 'x' is not an input topic": 1,
+    }
     got = collect(bootstrap, [scratch], lambda g: len(g[scratch]) >= 2, timeout=60, settle=1.0)[scratch]
     assert len(got) == 2
     wanted = {key: value for key, value, reason in letters if reason == "invalid_json"}

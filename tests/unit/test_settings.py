@@ -39,3 +39,11 @@ def test_secrets_are_redacted_when_printed(monkeypatch: pytest.MonkeyPatch) -> N
         assert "hunter2-secret" not in text
     cfg = s.kafka.confluent_config()
     assert cfg["sasl.password"] == "hunter2-secret" and cfg["security.protocol"] == "sasl_ssl"
+
+
+def test_metrics_host_defaults_to_all_interfaces_and_reads_sie_metrics_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().metrics_host == "0.0.0.0"
+    monkeypatch.setenv("SIE_METRICS_HOST", "127.0.0.1")
+    assert Settings().metrics_host == "127.0.0.1"
