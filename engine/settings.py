@@ -111,11 +111,17 @@ class RetrySettings(BaseModel):
 
 
 class LimitSettings(BaseModel):
-    """Per-event limits; events over them go to the DLQ as ``too_large``."""
+    """Per-event limits (events over them go to the DLQ as ``too_large``) and decoding's memory bound."""
 
-    max_message_bytes: int = Field(1_000_000, gt=0)
-    max_elements: int = Field(65_536, gt=0)
-    max_id_length: int = Field(256, gt=0)
+    max_message_bytes: int = Field(1_000_000, gt=0)  # of the record value
+    max_elements: int = Field(65_536, gt=0)  # numbers in one input tensor
+    max_id_length: int = Field(256, gt=0)  # characters of the event's "id"
+    max_key_bytes: int = Field(4_096, gt=0)  # of the record key
+    max_headers: int = Field(64, ge=0)  # headers on one record
+    max_header_bytes: int = Field(16_384, ge=0)  # header names and values of one record, in all
+    # Not a per-event limit: bytes of values whose parsed JSON a consumed chunk holds at once while
+    # it is decoded (the rest is decoded after the held part is converted and released).
+    max_held_value_bytes: int = Field(1_000_000, gt=0)
 
 
 class RouteTarget(BaseModel):

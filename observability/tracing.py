@@ -16,10 +16,22 @@ the entry point (:mod:`observability.otel_setup`). The pipeline calls a
   acknowledged the record's prediction (``reason=None``) or dead letter.
 
 :data:`NO_TRACING` does nothing and leaves headers unchanged.
+
+Incoming trace headers are whatever a producer wrote. Before the W3C
+propagator sees them, a ``traceparent`` over 512 characters and a
+``tracestate`` over 1024 characters, of more than 32 members, or with a member
+that is not ``key=value`` as W3C defines it are dropped (the propagator would
+log the bad member verbatim: newlines, escape codes, 200 KB). Each drop is
+reported by :class:`DroppedTraceHeaders`: escaped, bounded, at most one log
+line a minute.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -31,10 +43,20 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from engine.records import Batch, Headers, OutRecord, RawRecord
+from engine.safe_text import shown
+
+log = logging.getLogger(__name__)
 
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 INSTRUMENTATION = "sie.engine"
 _PROPAGATOR = TraceContextTextMapPropagator()
+MAX_TRACEPARENT_CHARS = 512  # version 00 is 55; later versions may append fields
+MAX_TRACESTATE_CHARS = 1024  # W3C: propagate at least 512, may drop beyond
+MAX_TRACESTATE_MEMBERS = 32  # W3C's limit
+_KEY = r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+_VALUE = r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+_MEMBER = re.compile(f"{_KEY}={_VALUE}[ \t]*")  # as strict as the propagator: it logs what it rejects
+_MEMBER_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
 
 
 class PipelineTracing(Protocol):
@@ -80,23 +102,70 @@ class NoTracing:
 NO_TRACING: PipelineTracing = NoTracing()
 
 
-class _HeaderGetter(Getter[Headers]):
-    """Reads Kafka headers ``((name, bytes), ...)`` for the W3C propagator."""
+class DroppedTraceHeaders:
+    """Reports trace headers dropped as invalid: one escaped, bounded warning a minute; counts the rest."""
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._next_at = float("-inf")
+        self.unreported = 0  # drops since the last warning
+
+    def report(self, name: str, value: bytes, why: str) -> None:
+        """Header ``name`` holding ``value`` was dropped because of ``why``."""
+        now = self._clock()
+        if now < self._next_at:
+            self.unreported += 1
+            return
+        more = f"; {self.unreported} more dropped since the last report" if self.unreported else ""
+        log.warning("dropped an invalid %s header (%s): %s%s", name, why, shown(value), more)
+        self._next_at, self.unreported = now + self._interval_s, 0
+
+
+class TraceHeaderGetter(Getter[Headers]):
+    """Reads Kafka headers ``((name, bytes), ...)`` for the W3C propagator, dropping invalid trace headers."""
+
+    def __init__(self, dropped: DroppedTraceHeaders | None = None) -> None:
+        self._dropped = dropped or DroppedTraceHeaders()
 
     def get(self, carrier: Headers, key: str) -> list[str] | None:
-        values = [v.decode("latin-1") for k, v in carrier if k.lower() == key and v is not None]
+        """The values of header ``key``; None when absent or dropped as invalid."""
+        raw = [v for k, v in carrier if k.lower() == key and v is not None]
+        values = [v.decode("latin-1") for v in raw]
+        why = _invalid(key, values) if values else None
+        if why is not None:
+            self._dropped.report(key, b",".join(raw), why)
+            return None
         return values or None
 
     def keys(self, carrier: Headers) -> list[str]:
+        """Every header name."""
         return [k for k, _ in carrier]
 
 
-_GETTER = _HeaderGetter()
+def _invalid(key: str, values: list[str]) -> str | None:
+    """Why the values of trace header ``key`` must not reach the propagator, or None."""
+    size = sum(len(v) for v in values)
+    if key == "traceparent" and size > MAX_TRACEPARENT_CHARS:
+        return f"{size} characters, over {MAX_TRACEPARENT_CHARS}"
+    if key != "tracestate":
+        return None
+    if size > MAX_TRACESTATE_CHARS:
+        return f"{size} characters, over {MAX_TRACESTATE_CHARS}"
+    members = [m for v in values for m in _MEMBER_SEPARATOR.split(v) if m]
+    if len(members) > MAX_TRACESTATE_MEMBERS:
+        return f"{len(members)} members, over {MAX_TRACESTATE_MEMBERS}"
+    if not all(_MEMBER.fullmatch(m) for m in members):
+        return "not a list of W3C key=value members"
+    return None
 
 
-def extract_context(headers: Headers) -> Context:
+_GETTER = TraceHeaderGetter()
+
+
+def extract_context(headers: Headers, getter: TraceHeaderGetter = _GETTER) -> Context:
     """The trace context in Kafka ``headers`` (an empty context when there is none)."""
-    return _PROPAGATOR.extract(headers, getter=_GETTER)
+    return _PROPAGATOR.extract(headers, getter=getter)
 
 
 def inject_headers(span: Span) -> dict[str, str]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import orjson
 import pytest
 
+import streams.codec as codec
 from engine.errors import Reason
 from engine.records import DeadLetter, Event
 from engine.settings import LimitSettings
-from streams.codec import DecodeContext, decode, encode_prediction
+from streams.codec import DecodeContext, decode, decode_many, encode_prediction
 from tests.unit.fakes import raw, spec
 
 CTX = DecodeContext(
@@ -52,11 +55,17 @@ def test_features_shorthand_and_explicit_model() -> None:
         ([1, 2, 3], Reason.INVALID_EVENT),
         ({"features": [1, 2, 3]}, Reason.MISSING_ID),
         ({"id": "", "features": [1, 2, 3]}, Reason.MISSING_ID),
-        ({"id": 7, "features": [1, 2, 3]}, Reason.MISSING_ID),
+        ({"id": None, "features": [1, 2, 3]}, Reason.MISSING_ID),
+        ({"id": 7, "features": [1, 2, 3]}, Reason.INVALID_EVENT),
+        ({"id": ["a"], "features": [1, 2, 3]}, Reason.INVALID_EVENT),
         ({"id": "x" * 33, "features": [1, 2, 3]}, Reason.TOO_LARGE),
         ({"id": "a", "model": "nope", "features": [1, 2, 3]}, Reason.UNKNOWN_MODEL),
         ({"id": "a", "model": 3, "features": [1, 2, 3]}, Reason.INVALID_EVENT),
         ({"id": "a"}, Reason.MISSING_INPUT),
+        ({"id": "a", "inputs": None}, Reason.MISSING_INPUT),
+        ({"id": "a", "features": None}, Reason.MISSING_INPUT),
+        ({"id": "a", "inputs": [[1, 2, 3]]}, Reason.INVALID_EVENT),
+        ({"id": "a", "inputs": "features"}, Reason.INVALID_EVENT),
         ({"id": "a", "inputs": {"other": [1, 2, 3]}}, Reason.MISSING_INPUT),
         ({"id": "a", "inputs": {"features": [1, 2, 3], "x": [1]}}, Reason.INVALID_EVENT),
         ({"id": "a", "inputs": {"features": [1]}, "features": [1]}, Reason.INVALID_EVENT),
@@ -103,3 +112,61 @@ def test_encode_prediction_contract() -> None:
         "outputs": {"probabilities": [0.25, 0.75]},
         "timing_ms": {"queue": 1.0, "inference": 2.0, "total": 3.5},
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"id": "a", "inputs": [[1, 2, 3]]}, "'inputs' must be an object of input name -> array, got array"),
+        ({"id": 7, "features": [1, 2, 3]}, "'id' must be a non-empty string, got int"),
+        ({"features": [1, 2, 3]}, "'id' is missing: every event needs a non-empty string 'id'"),
+        ({"id": "a"}, "the event has neither 'inputs' nor 'features'"),
+        ({"id": "a", "features": "1,2,3"}, "input 'features' must be an array, got string"),
+        ({"id": "a", "features": [1, 2]}, "input 'features' has 2 rows, expected shape [3]"),
+        ({"id": "a", "features": [1, "2", 3]}, "input 'features'[1] is a string ('2'); FP32 takes numbers"),
+        ({"id": "a", "features": [1, 2, True]}, "input 'features'[2] is a boolean; FP32 takes numbers"),
+    ],
+)
+def test_dead_letter_messages_say_what_was_wrong(value: object, message: str) -> None:
+    out = _decode(value)
+    assert isinstance(out, DeadLetter) and out.message == message
+
+
+def test_a_field_set_to_null_counts_as_absent() -> None:
+    out = _decode({"id": "a", "model": None, "inputs": None, "features": [1, 2, 3]})
+    assert isinstance(out, Event) and out.model == "m"
+    assert isinstance(_decode({"id": "a", "inputs": {"features": [1, 2, 3]}, "features": None}), Event)
+
+
+EVIL = "\n\x1b[31mFAKE LOG LINE\r\u202e" + "x" * 200_000
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"id": "a", "model": EVIL, "features": [1, 2, 3]},
+        {"id": "a", "inputs": {"features": [1, 2, 3], EVIL: [1]}},
+        {"id": "a", "inputs": {"features": [1, 2, 3], **{f"{EVIL[:50]}{i}": [1] for i in range(50)}}},
+        {"id": "a", "features": [1, EVIL[:1000], 3]},
+    ],
+)
+def test_text_from_the_event_in_a_message_is_escaped_and_bounded(value: object) -> None:
+    ctx = DecodeContext(CTX.models, "m", LimitSettings(max_message_bytes=1_000_000))
+    out = decode(raw(orjson.dumps(value)), ctx)
+    assert isinstance(out, DeadLetter)
+    assert out.message.isprintable() and "\x1b" not in out.message and "\n" not in out.message
+    assert len(out.message) <= 300
+    assert "\\x1b[31mFAKE" in out.message  # shown, escaped
+
+
+def test_an_unforeseen_failure_is_a_dead_letter_not_an_exception(caplog: pytest.LogCaptureFixture) -> None:
+    records = [raw(orjson.dumps({"id": f"e{i}", "features": [i, 2, 3]}), offset=i) for i in range(3)]
+    with mock.patch.object(codec, "to_tensor", side_effect=ZeroDivisionError("boom")):
+        outs = [decode(records[0], CTX), *decode_many(records[:1], CTX)]
+    with mock.patch.object(codec, "stacked", side_effect=MemoryError()):
+        outs.extend(decode_many(records, CTX))  # the batch path falls back to each event alone
+    letters = [o for o in outs[:2] if isinstance(o, DeadLetter)]
+    assert len(letters) == 2 and all(d.reason is Reason.INVALID_EVENT for d in letters)
+    assert letters[0].message == "event could not be decoded (ZeroDivisionError)"
+    assert all(isinstance(o, Event) for o in outs[2:])
+    assert "ZeroDivisionError" in caplog.text and "boom" not in caplog.text

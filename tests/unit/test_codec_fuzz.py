@@ -3,14 +3,19 @@
 Generated values (over 10,000 across the tests): arbitrary bytes and invalid
 UTF-8, arbitrary JSON documents, near-valid events with one to three faults
 (wrong types at every level, missing and extra fields, NaN/Infinity literals,
-empty, huge and deeply nested arrays, huge ids, nulls), and oversized values.
-The expected outcome comes from :func:`expected_reason`, the event contract
-written as a checklist in the codec's order of checks; the tensor part is
-derived from the nested lists themselves, not from numpy.
+empty, huge and deeply nested arrays, huge ids, nulls), oversized values,
+elements of every Triton dtype in and out of range (integers past 64 bits
+included), and records whose key and headers are arbitrary bytes, under and
+over their limits. Batches are decoded with a small held-bytes budget, so they
+are split into several groups. The expected outcome comes from
+:func:`expected_reason`, the event contract written as a checklist in the
+codec's order of checks; the tensor part is derived from the nested lists
+themselves, not from numpy.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from unittest import mock
 
@@ -22,12 +27,23 @@ from hypothesis import strategies as st
 import streams.codec as codec
 from engine.errors import Reason
 from engine.modelspec import ModelSpec, TensorSpec
-from engine.records import DeadLetter, Event
+from engine.records import DeadLetter, Event, Headers
 from engine.settings import LimitSettings
-from streams.codec import DecodeContext, decode, decode_many
+from streams.codec import MAX_MESSAGE_CHARS, DecodeContext, decode, decode_many
 from tests.unit.fakes import raw, spec
 
-LIMITS = LimitSettings(max_message_bytes=4000, max_elements=64, max_id_length=40)
+LIMITS = LimitSettings(
+    max_message_bytes=4000,
+    max_elements=64,
+    max_id_length=40,
+    max_key_bytes=24,
+    max_headers=4,
+    max_header_bytes=80,
+    max_held_value_bytes=600,
+)
+DTYPES = [np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8)] + [
+    np.dtype(t) for t in (np.uint16, np.uint32, np.uint64, np.float16, np.float32, np.float64)
+]
 PAIR = ModelSpec(
     name="pair",
     max_batch_size=8,
@@ -37,9 +53,14 @@ PAIR = ModelSpec(
     ),
     outputs=(TensorSpec("y", np.dtype(np.float32), (1,)),),
 )
-MODELS = {"m": spec("m", 3), "pair": PAIR}
+MODELS: dict[str, ModelSpec] = {"m": spec("m", 3), "pair": PAIR}
+MODELS.update(
+    {
+        f"d_{d.name}": ModelSpec(f"d_{d.name}", 8, (TensorSpec("t", d, (2, -1)),), ())
+        for d in [*DTYPES, np.dtype(object)]
+    }
+)
 CTX = DecodeContext(models=MODELS, default_model="m", limits=LIMITS)
-I32 = np.iinfo(np.int32)
 
 FUZZ = settings(
     deadline=None,
@@ -77,7 +98,22 @@ def _leaf_count(value: Any) -> int:
     return 1
 
 
+def element_ok(x: Any, dtype: np.dtype[Any]) -> bool:
+    """Whether one parsed JSON element converts exactly to ``dtype`` (the README's dtype table)."""
+    if isinstance(x, bool):
+        return dtype.kind == "b"
+    if dtype.kind == "b" or not isinstance(x, int | float):
+        return False
+    if dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            return bool(np.isfinite(dtype.type(x)))  # stays finite once rounded
+    info = np.iinfo(dtype)
+    return isinstance(x, int) and info.min <= x <= info.max  # integers past 64 bits parse as floats
+
+
 def _tensor_reason(value: Any, t: TensorSpec) -> Reason | None:
+    if t.dtype not in DTYPES:
+        return Reason.BAD_DTYPE
     if not isinstance(value, list):
         return Reason.BAD_SHAPE
     if _leaf_count(value) > LIMITS.max_elements:
@@ -85,20 +121,26 @@ def _tensor_reason(value: Any, t: TensorSpec) -> Reason | None:
     shape = _shape(value)
     if shape is None or not t.shape_matches(shape):
         return Reason.BAD_SHAPE
-    leaves = _leaves(value)
-    if any(isinstance(x, bool) or not isinstance(x, int | float) for x in leaves):
-        return Reason.BAD_DTYPE
-    if t.dtype.kind == "f":
-        with np.errstate(over="ignore"):
-            ok = all(np.isfinite(np.float32(x)) for x in leaves)  # representable in FP32
-        return None if ok else Reason.BAD_DTYPE
-    if any(isinstance(x, float) for x in leaves) or any(not I32.min <= x <= I32.max for x in leaves):
+    if not all(element_ok(x, t.dtype) for x in _leaves(value)):
         return Reason.BAD_DTYPE
     return None
 
 
-def expected_reason(value: bytes | None) -> Reason | None:
-    """The event contract as a checklist; None means a valid event."""
+def _envelope_reason(key: bytes | None, headers: Headers) -> Reason | None:
+    if key is not None and len(key) > LIMITS.max_key_bytes:
+        return Reason.TOO_LARGE
+    if len(headers) > LIMITS.max_headers:
+        return Reason.TOO_LARGE
+    if sum(len(k.encode("utf-8", "surrogatepass")) + len(v) for k, v in headers) > LIMITS.max_header_bytes:
+        return Reason.TOO_LARGE
+    return None
+
+
+def expected_reason(value: bytes | None, key: bytes | None = b"k", headers: Headers = ()) -> Reason | None:
+    """The event contract as a checklist; None means a valid event. A field set to null is absent."""
+    envelope = _envelope_reason(key, headers)
+    if envelope is not None:
+        return envelope
     if value is None:
         return Reason.INVALID_JSON
     if len(value) > LIMITS.max_message_bytes:
@@ -110,8 +152,10 @@ def expected_reason(value: bytes | None) -> Reason | None:
     if not isinstance(doc, dict):
         return Reason.INVALID_EVENT
     event_id = doc.get("id")
-    if not isinstance(event_id, str) or not event_id:
+    if event_id is None or event_id == "":
         return Reason.MISSING_ID
+    if not isinstance(event_id, str):
+        return Reason.INVALID_EVENT
     if len(event_id) > LIMITS.max_id_length:
         return Reason.TOO_LARGE
     model = doc.get("model")
@@ -120,16 +164,19 @@ def expected_reason(value: bytes | None) -> Reason | None:
     target = MODELS.get(model if model is not None else CTX.default_model)
     if target is None:
         return Reason.UNKNOWN_MODEL
-    if "inputs" in doc and "features" in doc:
+    inputs, features = doc.get("inputs"), doc.get("features")
+    if inputs is not None and features is not None:
         return Reason.INVALID_EVENT
-    if "features" in doc:
+    if features is not None:
         if len(target.inputs) != 1:
             return Reason.INVALID_EVENT
-        tensors = {target.inputs[0].name: doc["features"]}
+        tensors = {target.inputs[0].name: features}
     else:
-        tensors = doc.get("inputs")
-        if not isinstance(tensors, dict):
+        if inputs is None:
             return Reason.MISSING_INPUT
+        if not isinstance(inputs, dict):
+            return Reason.INVALID_EVENT
+        tensors = inputs
         names = {t.name for t in target.inputs}
         if names - tensors.keys():
             return Reason.MISSING_INPUT
@@ -142,10 +189,10 @@ def expected_reason(value: bytes | None) -> Reason | None:
     return None
 
 
-def check(value: bytes | None) -> Event | DeadLetter:
-    """Decode ``value`` and assert the outcome is the contract's."""
-    out = decode(raw(value), CTX)
-    want = expected_reason(value)
+def check(value: bytes | None, key: bytes | None = b"k", headers: Headers = ()) -> Event | DeadLetter:
+    """Decode ``value`` (with ``key`` and ``headers``) and assert the outcome is the contract's."""
+    out = decode(raw(value, key=key, headers=headers), CTX)
+    want = expected_reason(value, key, headers)
     event(f"outcome: {want.value if want else 'event'}")
     if want is None:
         assert isinstance(out, Event), (value, out)
@@ -154,11 +201,17 @@ def check(value: bytes | None) -> Event | DeadLetter:
         for t in MODELS[out.model].inputs:
             arr = out.inputs[t.name]
             assert arr.dtype == t.dtype and t.shape_matches(arr.shape)
-            assert np.isfinite(arr).all()
+            given = (doc.get("inputs") or {t.name: doc.get("features")})[t.name]
+            if t.dtype.kind == "f":
+                assert np.isfinite(arr).all()
+                np.testing.assert_allclose(arr.astype(np.float64), np.array(given, np.float64), 2**-10, 1e-7)
+            else:  # booleans and integers exactly, never through a float
+                assert arr.tolist() == np.array(given, dtype=object).astype(t.dtype).tolist()
     else:
         assert isinstance(out, DeadLetter), (value, want, out)
         assert out.reason is want, (value, want, out.reason, out.message)
-        assert out.message and len(out.message) < 2000
+        assert out.message and len(out.message) <= MAX_MESSAGE_CHARS + 40
+        assert out.message.isprintable(), out.message  # escaped: no newline or escape code
         assert out.record.value is value  # the original bytes go to the DLQ unchanged
     return out
 
@@ -252,6 +305,53 @@ def tensor_events(draw: st.DrawFn) -> bytes:
     return orjson.dumps({"id": "t", "model": "pair", "inputs": inputs})
 
 
+def _edges(dtype: np.dtype[Any]) -> list[Any]:
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return [int(info.min) - 1, int(info.min), int(info.max), int(info.max) + 1]
+    if dtype.kind == "f":
+        top = float(np.finfo(dtype).max)
+        return [top, -top, top * (1 + 2**-12), 65519.0, 65520, -70000]
+    return [True, False]
+
+
+EDGES = sorted({x for d in DTYPES for x in _edges(d) if not isinstance(x, bool)}, key=float)
+wide_elements = st.one_of(
+    st.integers(min_value=-(2**66), max_value=2**66),  # past 64 bits: JSON has no limit, orjson makes floats
+    st.sampled_from(EDGES),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([True, False, None, "1", {}, [], 0.5, 2.0, -0.0]),
+)
+
+
+def elements_for(dtype: np.dtype[Any]) -> st.SearchStrategy[Any]:
+    """Elements ``dtype`` takes, mostly, and anything at all, sometimes."""
+    if dtype.kind == "b":
+        fitting: st.SearchStrategy[Any] = st.booleans()
+    elif dtype.kind == "f":
+        fitting = st.floats(width=16 if dtype.itemsize == 2 else 32, allow_nan=False, allow_infinity=False)
+    else:
+        info = np.iinfo(dtype)
+        fitting = st.integers(min_value=int(info.min), max_value=int(info.max))
+    return st.one_of(fitting, fitting, fitting, st.sampled_from(_edges(dtype)), wide_elements)
+
+
+@st.composite
+def dtype_events(draw: st.DrawFn) -> bytes:
+    """An event for a ``(2, -1)`` input of any dtype, elements near and past its limits, as JSON text."""
+    dtype = draw(st.sampled_from([*DTYPES, np.dtype(object)]))
+    cols = draw(st.integers(min_value=0, max_value=5))
+    elements = elements_for(dtype) if dtype in DTYPES else wide_elements
+    rows = [draw(st.lists(elements, min_size=cols, max_size=cols)) for _ in range(2)]
+    doc = {"id": "d", "model": f"d_{dtype.name}", "inputs": {"t": rows}}
+    return json.dumps(doc).encode()  # json, not orjson: integers past 64 bits are written as they are
+
+
+header_names = st.one_of(st.sampled_from(["traceparent", "tracestate", "x"]), st.text(max_size=12))
+headers_lists = st.lists(st.tuples(header_names, st.binary(max_size=40)), max_size=LIMITS.max_headers + 2)
+keys = st.one_of(st.none(), st.binary(max_size=LIMITS.max_key_bytes + 16))
+
+
 @st.composite
 def near_valid_events(draw: st.DrawFn) -> bytes:
     """A valid event for one of the models, then one to three faults."""
@@ -307,6 +407,15 @@ def _apply(draw: st.DrawFn, doc: dict[str, Any], fault: str) -> None:
                 target[draw(st.integers(0, len(target) - 1))] = draw(bad_values | scalars)
 
 
+def valid_events_alone() -> st.SearchStrategy[bytes]:
+    """Valid events of the one-input model."""
+    return st.builds(
+        lambda i, xs: orjson.dumps({"id": f"e{i}", "features": xs}),
+        st.integers(0, 10**6),
+        st.lists(numbers, min_size=3, max_size=3),
+    )
+
+
 # --------------------------------------------------------------------- tests
 
 
@@ -342,6 +451,22 @@ def test_tensors_of_any_shape_and_element_type_get_the_right_reason(value: bytes
 @given(near_valid_events())
 def test_near_valid_events_with_faults_get_the_right_reason(value: bytes) -> None:
     check(value)
+
+
+@settings(FUZZ, max_examples=1500)
+@given(dtype_events())
+def test_elements_of_every_dtype_near_and_past_its_limits_get_the_right_reason(value: bytes) -> None:
+    out = check(value)
+    if isinstance(out, DeadLetter) and out.reason is Reason.BAD_DTYPE:
+        assert "input 't'" in out.message
+
+
+@settings(FUZZ, max_examples=800)
+@given(st.one_of(valid_events_alone(), near_valid_events(), st.none()), keys, headers_lists)
+def test_any_key_and_headers_of_arbitrary_bytes_follow_the_contract(
+    value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+) -> None:
+    check(value, key, tuple(headers))
 
 
 @settings(FUZZ, max_examples=500)
@@ -406,9 +531,16 @@ def test_depth_past_the_json_parser_limit_is_invalid_json() -> None:
 # ------------------------------------------------------- batches (decode_many)
 
 
-def check_batch(values: list[bytes]) -> None:
-    """``decode_many`` gives each value of a batch the outcome ``decode`` gives it alone."""
-    records = [raw(v, offset=i) for i, v in enumerate(values)]
+def check_batch(values: list[bytes], envelopes: list[tuple[bytes | None, Headers]] | None = None) -> None:
+    """``decode_many`` gives each value of a batch the outcome ``decode`` gives it alone.
+
+    ``envelopes``: (key, headers) of each record, else key ``b"k"`` and no headers.
+    """
+    envelopes = envelopes or [(b"k", ())] * len(values)
+    records = [
+        raw(v, offset=i, key=k, headers=h)
+        for i, (v, (k, h)) in enumerate(zip(values, envelopes, strict=True))
+    ]
     outs = decode_many(records, CTX)
     assert len(outs) == len(values)
     for record, out in zip(records, outs, strict=True):
@@ -438,6 +570,20 @@ def test_a_batch_of_mixed_events_decodes_like_each_event_alone(values: list[byte
 
 
 @settings(FUZZ, max_examples=300)
+@given(
+    st.lists(
+        st.tuples(st.one_of(valid_events, dtype_events(), near_valid_events()), keys, headers_lists),
+        min_size=1,
+        max_size=16,
+    )
+)
+def test_a_batch_with_any_keys_headers_and_dtypes_decodes_like_each_event_alone(
+    records: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]],
+) -> None:
+    check_batch([v for v, _, _ in records], [(k, tuple(h)) for _, k, h in records])
+
+
+@settings(FUZZ, max_examples=300)
 @given(st.lists(valid_events, min_size=2, max_size=40), st.integers(0, 39), tensor_events())
 def test_one_bad_tensor_in_a_valid_batch_gets_its_own_reason(
     values: list[bytes], at: int, odd: bytes
@@ -448,7 +594,8 @@ def test_one_bad_tensor_in_a_valid_batch_gets_its_own_reason(
 
 def test_a_valid_batch_is_converted_in_one_piece() -> None:
     values = [orjson.dumps({"id": f"e{i}", "features": [i, 2.5, -1.0]}) for i in range(50)]
-    with mock.patch.object(codec, "_tensor", side_effect=AssertionError("per-event path used")):
-        outs = decode_many([raw(v) for v in values], CTX)
+    ctx = DecodeContext(MODELS, "m", LIMITS.model_copy(update={"max_held_value_bytes": 1_000_000}))
+    with mock.patch.object(codec, "to_tensor", side_effect=AssertionError("per-event path used")):
+        outs = decode_many([raw(v) for v in values], ctx)
     assert all(isinstance(o, Event) for o in outs)
     assert [o.inputs["features"][0] for o in outs if isinstance(o, Event)] == list(range(50))

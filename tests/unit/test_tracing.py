@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -21,7 +25,13 @@ from engine.records import Completion, Headers, InferenceResult, OutRecord, RawR
 from engine.retry import CircuitBreaker, Retrier
 from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
 from observability.metrics import create_metrics
-from observability.tracing import OtelTracing, otlp_traces_url
+from observability.tracing import (
+    DroppedTraceHeaders,
+    OtelTracing,
+    TraceHeaderGetter,
+    extract_context,
+    otlp_traces_url,
+)
 from streams.codec import DecodeContext
 from tests.unit.fakes import FakeBackend, FakeSink, ManualClock, raw, spec
 
@@ -241,3 +251,121 @@ async def test_fatal_triton_error_marks_batch_span_and_ends_event_spans_as_dead_
 )
 def test_otlp_endpoint_without_a_path_gets_the_traces_path(given: str, expected: str) -> None:
     assert otlp_traces_url(given) == expected
+
+
+# ------------------------------------------------------- untrusted trace headers
+
+EVIL = "a=1,\n\x1b[31mFAKE LOG LINE\r\u202e" + "x" * 200_000
+
+
+def _log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records]
+
+
+def _assert_safe(lines: list[str]) -> None:
+    for line in lines:
+        assert line.isprintable(), line[:300]  # no newline, no escape code
+        assert len(line) <= 400, line[:300]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (("traceparent", traceparent()), ("tracestate", EVIL.encode("utf-8"))),
+        (("traceparent", traceparent()), ("tracestate", b"ok=1,\nevil\x1b[2J=2")),
+        (("traceparent", traceparent() + b"-" + EVIL.encode("utf-8")),),
+        (("traceparent", EVIL.encode("utf-8")), ("tracestate", EVIL.encode("utf-8"))),
+    ],
+)
+async def test_invalid_trace_headers_reach_the_log_escaped_and_bounded(
+    exporter: InMemorySpanExporter,
+    tracing: OtelTracing,
+    caplog: pytest.LogCaptureFixture,
+    headers: Headers,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sink = FakeSink()
+    await _run(_pipeline(HeaderBackend(), sink, tracing), _records(1, [headers]))
+    _assert_safe(_log_lines(caplog))
+    (out,) = sink.on("out") + sink.on("dlq")  # a dead letter when the headers are over their limit
+    assert [k for k, _ in out.headers if k == "tracestate"] == []  # the invalid state is not passed on
+
+
+def test_a_dropped_tracestate_is_reported_once_a_minute_escaped_and_cut_to_200_characters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    getter = TraceHeaderGetter(DroppedTraceHeaders(clock=lambda: now[0]))
+    headers = (("traceparent", traceparent()), ("tracestate", EVIL.encode("utf-8")))
+    caplog.set_level(logging.DEBUG)
+    for t in (0.0, 1.0, 59.0, 61.0):
+        now[0] = t
+        context = extract_context(headers, getter)
+        span_context = trace.get_current_span(context).get_span_context()
+        assert span_context.trace_id == TRACE_ID and len(span_context.trace_state) == 0
+    lines = _log_lines(caplog)
+    _assert_safe(lines)
+    assert len(lines) == 2 and lines[1].endswith("; 2 more dropped since the last report")
+    assert "'a=1,\\n\\x1b[31mFAKE LOG LINE\\r\\u202exxx" in lines[0]
+    shown_value = lines[0].split(": ", 1)[1]
+    assert len(shown_value.rsplit("'...(+", 1)[0]) <= 1 + 200  # the opening quote, then 200 characters
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        "vendor=1",
+        "a=1,b=2",
+        "a=1 , b=2",
+        "tenant@vendor=x y",
+        ",a=1,,",
+        ",".join(f"k{i}=v" for i in range(32)),
+    ],
+)
+def test_a_valid_tracestate_is_kept(state: str, caplog: pytest.LogCaptureFixture) -> None:
+    context = extract_context((("traceparent", traceparent()), ("tracestate", state.encode())))
+    span_context = trace.get_current_span(context).get_span_context()
+    assert len(span_context.trace_state) == len([m for m in state.split(",") if m.strip()])
+    assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    "state",
+    [" a=1", "A=1", "a=", "a=1\n", "a=" + "v" * 300, ",".join(f"k{i}=v" for i in range(33)), "a=\u00e9"],
+)
+def test_a_tracestate_the_propagator_would_reject_is_dropped_before_it_can_log_it(
+    state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    context = extract_context((("traceparent", traceparent()), ("tracestate", state.encode("utf-8"))))
+    span_context = trace.get_current_span(context).get_span_context()
+    assert span_context.trace_id == TRACE_ID and len(span_context.trace_state) == 0
+    assert [r.name for r in caplog.records if r.name.startswith("opentelemetry")] == []
+
+
+@settings(deadline=None, database=None, max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.sampled_from(["traceparent", "tracestate", "TraceState", "x"]), st.binary()),
+            st.just(("traceparent", traceparent())),
+        ),
+        max_size=4,
+    )
+)
+def test_trace_headers_of_arbitrary_bytes_never_raise_nor_log_raw_text(
+    headers: list[tuple[str, bytes]],
+) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        extract_context(tuple(headers), TraceHeaderGetter(DroppedTraceHeaders()))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    _assert_safe([r.getMessage() for r in records])
