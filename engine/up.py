@@ -209,7 +209,11 @@ def _demo(stack: Stack, opts: UpOptions, console: Console, supervisor: Superviso
     finally:
         producer.stop()
         producer.join(10)
+        stopped = time.monotonic() - started
         time.sleep(2.0)  # let the last predictions arrive
+        while len(minutes) < int(stopped // MINUTE_S):  # a minute that ended as the demo did
+            minutes.append(_minute(monitor, started, len(minutes)))
+            console.print(_minute_line(minutes[-1]))
         monitor.stop()
         monitor.join(10)
         _summary(monitor, producer, time.monotonic() - started, opts, console, minutes)
