@@ -4,6 +4,11 @@ A model's batch opens with its first event and is flushed when it holds
 ``max_size`` events or ``max_delay`` seconds after it opened, whichever comes
 first. Events keep their arrival order inside and across a model's batches,
 and flushed batches are handed to ``emit`` in the order they were closed.
+
+Events share a batch only when they can be stacked into one request: same
+model, same pinned version and, for a model with a variable dimension (``-1``
+in its config), the same input shapes - events of lengths 3 and 5 go to
+Triton in two requests, never through one ``np.stack`` that would fail.
 """
 
 from __future__ import annotations
@@ -13,10 +18,14 @@ from collections.abc import Callable, Iterable, Mapping
 from engine.clock import Cancellable, Clock
 from engine.records import Batch, Event
 
+BatchKey = tuple[str, str, tuple[tuple[int, ...], ...]]
 
-def batch_key(event: Event) -> str:
-    """Events share a batch when they go to the same model and pinned version."""
-    return f"{event.model}\0{event.version}" if event.version else event.model
+
+def batch_key(event: Event, by_shape: bool = False) -> BatchKey:
+    """Events share a batch when they go to the same model and pinned version (and, ``by_shape``,
+    have the same input shapes)."""
+    shapes = tuple(a.shape for a in event.inputs.values()) if by_shape else ()
+    return event.model, event.version, shapes
 
 
 class _Open:
@@ -39,6 +48,7 @@ class MicroBatcher:
         clock: Clock,
         emit: Callable[[Batch], None],
         model_max_sizes: Mapping[str, int] | None = None,
+        shaped_models: Iterable[str] = (),
     ) -> None:
         if max_size <= 0:
             raise ValueError("max_size must be positive")
@@ -47,7 +57,8 @@ class MicroBatcher:
         self._clock = clock
         self._emit = emit
         self._model_max = dict(model_max_sizes or {})
-        self._open: dict[str, _Open] = {}
+        self._shaped = frozenset(shaped_models)  # models with a variable dimension: batched by shape
+        self._open: dict[BatchKey, _Open] = {}
 
     @property
     def max_delay(self) -> float:
@@ -70,7 +81,7 @@ class MicroBatcher:
 
     def add(self, event: Event) -> None:
         """Add one event; flushes its model's batch if that fills it."""
-        key = batch_key(event)
+        key = batch_key(event, event.model in self._shaped)
         batch = self._open.get(key)
         if batch is None:
             batch = self._open[key] = _Open(self._clock.now())
@@ -85,9 +96,9 @@ class MicroBatcher:
         for event in events:
             self.add(event)
 
-    def flush(self, model: str) -> None:
-        """Close and emit the open batch of ``model`` (a :func:`batch_key`), if any."""
-        batch = self._open.pop(model, None)
+    def flush(self, key: BatchKey) -> None:
+        """Close and emit the open batch of ``key`` (a :func:`batch_key`), if any."""
+        batch = self._open.pop(key, None)
         if batch is None:
             return
         if batch.timer is not None:
@@ -98,9 +109,9 @@ class MicroBatcher:
 
     def flush_all(self) -> None:
         """Emit every open batch, oldest first."""
-        for model in sorted(self._open, key=lambda m: self._open[m].opened_at):
-            self.flush(model)
+        for key in sorted(self._open, key=lambda k: self._open[k].opened_at):
+            self.flush(key)
 
-    def _expire(self, model: str, batch: _Open) -> None:
-        if self._open.get(model) is batch:
-            self.flush(model)
+    def _expire(self, key: BatchKey, batch: _Open) -> None:
+        if self._open.get(key) is batch:
+            self.flush(key)

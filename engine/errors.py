@@ -8,6 +8,8 @@ Whether a failure is retried or dead-lettered is decided by its class:
   the DLQ with ``reason``.
 * :class:`EventError` - one event is invalid; it travels as a value to the
   DLQ (see :class:`engine.records.DeadLetter`).
+* :class:`OutputRejected` - Kafka refuses an output for good (too large, not
+  authorised, unknown topic); retried a few times, then the worker stops.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class EventError(EngineError):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class OutputRejected(EngineError):
+    """Kafka refused outputs with an error that retrying cannot fix (engine/sink.py)."""
 
 
 class ConfigError(FatalError):

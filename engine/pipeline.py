@@ -10,37 +10,44 @@ Each record's :class:`~engine.records.Completion` is told once its prediction
 or dead letter is acknowledged by the broker - only then may its offset be
 committed. ``submit`` blocks while too many batches are outstanding: that is
 the backpressure that stops consumption when Triton is slow or down.
+
+No input stops the pipeline: an exception while decoding, batching or
+inferring one record or one batch turns exactly those records into dead
+letters (``invalid_event``, ``bad_shape``, ``inference_error``), and what
+happens after inference is :mod:`engine.outcomes`' job. Retryable Triton
+errors are retried (:mod:`engine.retry`), never dead-lettered. Should one of
+the pipeline's tasks end anyway, or the producer give up on an output,
+:attr:`Pipeline.failure` says why and ``PipelineParts.on_failure`` is told
+(the worker then reports itself unhealthy and exits).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from engine.adaptive import AdaptiveBatching, AdaptiveConfig, run_controller
 from engine.batcher import MicroBatcher
 from engine.clock import Clock, LoopClock
-from engine.errors import FatalError
+from engine.errors import FatalError, Reason
 from engine.lifecycle import NO_MODEL_HOOKS, ModelHooks
-from engine.records import Batch, BatchOutcome, Completion, DeadLetter, Event, OutRecord, RawRecord
+from engine.outcomes import Outcomes, describe, letters
+from engine.records import Batch, BatchOutcome, DeadLetter, Event, InferenceResult, RawRecord
 from engine.retry import Retrier
 from engine.settings import BatchSettings, TopicSettings
 from engine.sink import Sink
 from engine.triton import InferenceBackend, error_code
-from observability.metrics import EngineMetrics, observe_many
+from observability.metrics import EngineMetrics
 from observability.tracing import NO_TRACING, PipelineTracing
-from streams.codec import DecodeContext, decode_many, encode_prediction
-from streams.dlq import dead_letter_record
+from streams.codec import DecodeContext, decode, decode_many
 
 log = logging.getLogger(__name__)
-
-PROPAGATED_HEADERS = frozenset({"traceparent", "tracestate"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class PipelineParts:
     metrics: EngineMetrics
     tracing: PipelineTracing = NO_TRACING
     models: ModelHooks = NO_MODEL_HOOKS  # versions, A/B counts, drift, shadows (engine/lifecycle.py)
+    on_failure: Callable[[str], None] | None = None  # told once if the pipeline can no longer deliver
 
 
 class Pipeline:
@@ -65,12 +73,14 @@ class Pipeline:
         self._p = parts
         self._clock = clock or LoopClock()
         self.decode_ctx = parts.decode_ctx
+        models = parts.decode_ctx.models
         self._batcher = MicroBatcher(
             max_size=parts.batch.max_size,
             max_delay=parts.batch.max_delay_ms / 1000.0,
             clock=self._clock,
             emit=self._dispatch,
-            model_max_sizes={n: s.max_batch_size for n, s in parts.decode_ctx.models.items()},
+            model_max_sizes={n: s.max_batch_size for n, s in models.items()},
+            shaped_models=[n for n, s in models.items() if any(t.max_elements is None for t in s.inputs)],
         )
         self._in_flight = asyncio.Semaphore(parts.batch.max_in_flight)
         self._fifo: asyncio.Queue[tuple[Batch, asyncio.Task[BatchOutcome]]] = asyncio.Queue()
@@ -79,45 +89,35 @@ class Pipeline:
         self._inferring = 0  # batches dispatched whose inference has not finished
         self._capacity = asyncio.Event()
         self._capacity.set()
-        self._undelivered = 0  # records submitted, not yet acknowledged
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._emitter: asyncio.Task[None] | None = None
         self._adaptive = _adaptive_controller(parts, self._batcher)
+        self._out = Outcomes(parts, self._adaptive, parts.on_failure)
         self._controller: asyncio.Task[None] | None = None
+        self._stopping = False
         m = parts.metrics
-        for model in parts.decode_ctx.models:  # series at zero from the start, so rate() sees the first batch
+        for model in models:  # series at zero from the start, so rate() sees the first batch
             for histogram in (m.batch_size, m.batch_wait, m.triton_latency, m.e2e_latency):
                 histogram.labels(model)
 
     async def start(self) -> None:
         """Start the emitter (and the adaptive batching controller, if configured)."""
-        self._emitter = asyncio.create_task(self._emit_loop(), name="pipeline-emitter")
+        self._emitter = self._watched(self._emit_loop(), "pipeline-emitter")
         if self._adaptive is not None:
-            self._controller = asyncio.create_task(run_controller(self._adaptive), name="adaptive-batching")
+            self._controller = self._watched(run_controller(self._adaptive), "adaptive-batching")
 
     async def submit(self, records: Sequence[RawRecord]) -> None:
-        """Process consumed records (in offset order); waits while at capacity."""
+        """Process consumed records (in offset order); waits while at capacity. Never raises for a record."""
         if not records:
             return
-        self._track(len(records))
-        consumed = self._p.metrics.events_consumed
-        dead: list[DeadLetter] = []
-        for record in records:
-            self._p.tracing.received(record)
-        for item in decode_many(records, self.decode_ctx):
-            if isinstance(item, Event):
-                self._batcher.add(item)
-            else:
-                dead.append(item)
+        self._out.admit(len(records))
         for topic, n in Counter(r.source.topic for r in records).items():  # chunks may mix topics
-            consumed.labels(topic).inc(n)
+            self._p.metrics.events_consumed.labels(topic).inc(n)
+        dead = self._admit(records)
         if self._adaptive is not None and self._inferring < self._p.batch.max_in_flight:
             # Triton has a free slot: send what this chunk brought now instead of waiting for
             # the deadline; under load the slots stay busy and batches grow (adaptive batching)
             self._batcher.flush_all()
-        if dead:
-            await self._send_dead(dead)
+        await self._out.dead(dead)
         if self._outstanding >= self._max_outstanding:  # backpressure: consumption pauses
             self._p.metrics.stream_buffer_full.labels(records[0].source.topic).inc()
         while self._outstanding >= self._max_outstanding:
@@ -128,7 +128,7 @@ class Pipeline:
         """Flush open batches and wait until every submitted record is acknowledged."""
         self._batcher.flush_all()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._out.idle.wait(), timeout)
         except asyncio.TimeoutError:
             return False
         return True
@@ -137,13 +137,12 @@ class Pipeline:
         """Drain, then stop the emitter."""
         drained = await self.drain(timeout)
         if not drained:
-            log.warning("stopping with %d records unacknowledged", self._undelivered)
-        if self._emitter is not None:
-            self._emitter.cancel()
-            await asyncio.gather(self._emitter, return_exceptions=True)
-        if self._controller is not None:
-            self._controller.cancel()
-            await asyncio.gather(self._controller, return_exceptions=True)
+            log.warning("stopping with %d records unacknowledged", self._out.undelivered)
+        self._stopping = True
+        for task in (self._emitter, self._controller):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     @property
     def adaptive(self) -> AdaptiveBatching | None:
@@ -158,12 +157,60 @@ class Pipeline:
     @property
     def undelivered(self) -> int:
         """Records submitted and not yet acknowledged."""
-        return self._undelivered
+        return self._out.undelivered
 
-    def _track(self, n: int) -> None:
-        self._undelivered += n
-        self._idle.clear() if self._undelivered else self._idle.set()
-        self._p.metrics.pending_events.set(self._undelivered)
+    @property
+    def failure(self) -> str | None:
+        """Why this pipeline can no longer deliver (a task died, an output was given up), or None."""
+        return self._out.failure
+
+    def _watched(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_ended)
+        return task
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A pipeline task ended: unless we stopped it, the pipeline is broken - say so, loudly."""
+        if self._stopping or task.cancelled():
+            return
+        err = task.exception()
+        self._out.fail(f"task {task.get_name()} ended: {describe(err) if err else 'returned'}")
+
+    def _admit(self, records: Sequence[RawRecord]) -> list[DeadLetter]:
+        """Decode ``records`` and add the valid events to their batches; the rest are dead letters."""
+        try:
+            for record in records:
+                self._p.tracing.received(record)
+        except Exception:  # tracing is best effort; the records go on
+            log.exception("tracing failed for %d received records", len(records))
+        dead: list[DeadLetter] = []
+        for item in self._decode(records):
+            if isinstance(item, Event):
+                try:
+                    self._batcher.add(item)
+                except Exception as err:
+                    message = f"cannot batch: {describe(err)}"
+                    dead.append(DeadLetter(item.record, Reason.INFERENCE_ERROR, message))
+            else:
+                dead.append(item)
+        return dead
+
+    def _decode(self, records: Sequence[RawRecord]) -> list[Event | DeadLetter]:
+        """:func:`decode_many`, falling back to one record at a time should it fail."""
+        try:
+            items = decode_many(records, self.decode_ctx)
+            if len(items) == len(records):
+                return items
+            log.error("decoder returned %d items for %d records", len(items), len(records))
+        except Exception:
+            log.exception("decoding a chunk of %d records failed; decoding them one by one", len(records))
+        return [self._decode_one(record) for record in records]
+
+    def _decode_one(self, record: RawRecord) -> Event | DeadLetter:
+        try:
+            return decode(record, self.decode_ctx)
+        except Exception as err:
+            return DeadLetter(record, Reason.INVALID_EVENT, f"cannot decode: {describe(err)}")
 
     def _dispatch(self, batch: Batch) -> None:
         self._outstanding += 1
@@ -171,30 +218,32 @@ class Pipeline:
         task = asyncio.ensure_future(self._infer(batch))
         task.add_done_callback(self._inferred)
         self._fifo.put_nowait((batch, task))
-        self._p.models.on_dispatch(batch)
+        try:
+            self._p.models.on_dispatch(batch)
+        except Exception:
+            log.exception("model hooks failed for a dispatched batch of %s", batch.model)
 
     def _inferred(self, _task: asyncio.Task[BatchOutcome]) -> None:
         self._inferring -= 1
 
     async def _infer(self, batch: Batch) -> BatchOutcome:
+        """Run ``batch`` through the backend; any failure but a retryable one is its outcome, never raised."""
+        try:
+            inputs = batch.stacked_inputs()
+        except Exception as err:  # cannot happen for batches split by shape; never crash on it
+            now = self._clock.now()
+            bad = DeadLetter(batch.events[0].record, Reason.BAD_SHAPE, f"cannot stack: {describe(err)}")
+            return BatchOutcome(batch=batch, result=None, error=bad, sent_at=now, finished_at=now)
         metrics = self._p.metrics
+        result: InferenceResult | None = None
+        error: DeadLetter | None = None
         async with self._in_flight:
             metrics.in_flight.inc()
             sent_at = self._clock.now()
-            headers = self._p.tracing.batch_headers(batch)
-            pinned = {"version": batch.version} if batch.version else {}  # A/B arm on a version
             try:
-                result = await self._p.retrier.call(
-                    lambda: self._p.backend.infer(
-                        batch.model, batch.stacked_inputs(), headers=headers, **pinned
-                    )
-                )
-                error = None
-                self._p.tracing.batch_done(batch)
-            except FatalError as err:
-                metrics.triton_errors.labels(error_code(err)).inc()
-                self._p.tracing.batch_done(batch, err)
-                result, error = None, DeadLetter(batch.events[0].record, err.reason, str(err))
+                result = await self._call_backend(batch, inputs)
+            except Exception as err:  # FatalError, or anything unexpected: dead letters, not a dead task
+                error = self._batch_error(batch, err)
             finally:
                 metrics.in_flight.dec()
         finished = self._clock.now()
@@ -202,96 +251,54 @@ class Pipeline:
         metrics.triton_latency.labels(batch.model).observe(finished - sent_at)
         return BatchOutcome(batch=batch, result=result, error=error, sent_at=sent_at, finished_at=finished)
 
+    async def _call_backend(self, batch: Batch, inputs: dict[str, np.ndarray]) -> InferenceResult:
+        headers = self._p.tracing.batch_headers(batch)
+        pinned = {"version": batch.version} if batch.version else {}  # A/B arm on a version
+        result = await self._p.retrier.call(
+            lambda: self._p.backend.infer(batch.model, inputs, headers=headers, **pinned)
+        )
+        self._p.tracing.batch_done(batch)
+        return result
+
+    def _batch_error(self, batch: Batch, err: Exception) -> DeadLetter:
+        self._p.metrics.triton_errors.labels(error_code(err)).inc()
+        if isinstance(err, FatalError):
+            reason, message = err.reason, str(err)
+        else:
+            log.error("inference of a batch of %s failed unexpectedly: %s", batch.model, describe(err))
+            reason, message = Reason.INFERENCE_ERROR, describe(err)
+        try:
+            self._p.tracing.batch_done(batch, err)
+        except Exception:
+            log.exception("tracing failed for a failed batch of %s", batch.model)
+        return DeadLetter(batch.events[0].record, reason, message)
+
     async def _emit_loop(self) -> None:
         while True:
             batch, task = await self._fifo.get()
+            try:
+                await self._emit(batch, task)
+            finally:
+                self._outstanding -= 1
+                if self._outstanding < self._max_outstanding:
+                    self._capacity.set()
+
+    async def _emit(self, batch: Batch, task: asyncio.Task[BatchOutcome]) -> None:
+        """Produce one batch's outputs, in the order batches closed; a failure dead-letters the batch."""
+        try:
             outcome = await task
-            if outcome.result is None:
-                assert outcome.error is not None
-                error = outcome.error
-                letters = [DeadLetter(e.record, error.reason, error.message) for e in batch.events]
-                await self._send_dead(letters)
-            else:
-                await self._send_predictions(outcome)
-            self._outstanding -= 1
-            if self._outstanding < self._max_outstanding:
-                self._capacity.set()
-
-    async def _send_predictions(self, outcome: BatchOutcome) -> None:
-        batch, result = outcome.batch, outcome.result
-        assert result is not None
-        topic = self._p.topics.predictions
-        records = [e.record for e in batch.events]
-        # per-event times in one numpy pass: queue = consumed -> sent to Triton, total = event
-        # timestamp -> now (consumed -> now when the record has no timestamp)
-        received = np.fromiter((r.received_at for r in records), np.float64, len(records))
-        stamps = np.fromiter((r.source.timestamp_ms or 0 for r in records), np.float64, len(records))
-        queue_s = np.maximum(outcome.sent_at - received, 0.0)
-        observe_many(self._p.metrics.batch_wait.labels(batch.model), queue_s)
-        total_ms = np.where(
-            stamps > 0, time.time() * 1000.0 - stamps, (outcome.finished_at - received) * 1000.0
-        )
-        inference_ms = round((outcome.finished_at - outcome.sent_at) * 1000.0, 3)
-        queue_list = np.round(queue_s * 1000.0, 3).tolist()
-        total_list = np.round(total_ms, 3).tolist()
-        outgoing = self._p.tracing.outgoing
-        out: list[OutRecord] = []
-        for i, event in enumerate(batch.events):
-            rec = records[i]
-            timing = {"queue": queue_list[i], "inference": inference_ms, "total": total_list[i]}
-            outputs = {name: arr[i] for name, arr in result.outputs.items()}
-            value = encode_prediction(event, result.model_version, outputs, timing)
-            headers = tuple((k, v) for k, v in rec.headers if k in PROPAGATED_HEADERS) if rec.headers else ()
-            out.append(outgoing(rec, OutRecord(topic=topic, key=rec.key, value=value, headers=headers)))
-        future = await self._p.sink.send(out)
-        future.add_done_callback(lambda _f: self._predictions_delivered(outcome))
-
-    def _predictions_delivered(self, outcome: BatchOutcome) -> None:
-        batch, result = outcome.batch, outcome.result
-        assert result is not None
-        metrics = self._p.metrics
-        metrics.predictions.labels(batch.model, result.model_version).inc(len(batch))
-        now_ms = time.time() * 1000.0
-        stamps = [e.record.source.timestamp_ms for e in batch.events]
-        latencies = [max(now_ms - ts, 0.0) / 1000.0 for ts in stamps if ts]
-        observe_many(metrics.e2e_latency.labels(batch.model), latencies)
-        if self._adaptive is not None:
-            for seconds in latencies:
-                self._adaptive.observe(seconds)
-        finished = self._p.tracing.finished
-        for event in batch.events:
-            finished(event.record)
-        _complete(e.record for e in batch.events)
-        self._track(-len(batch))
-        self._p.models.on_delivered(batch, result)
-
-    async def _send_dead(self, letters: Sequence[DeadLetter]) -> None:
-        topic = self._p.topics.dlq
-        outgoing = self._p.tracing.outgoing
-        future = await self._p.sink.send([outgoing(d.record, dead_letter_record(d, topic)) for d in letters])
-        future.add_done_callback(lambda _f: self._dead_delivered(letters))
-
-    def _dead_delivered(self, letters: Sequence[DeadLetter]) -> None:
-        counter = self._p.metrics.dead_letters
-        for letter in letters:
-            counter.labels(letter.reason.value).inc()
-            self._p.tracing.finished(letter.record, letter.reason.value)
-        _complete(d.record for d in letters)
-        self._track(-len(letters))
-
-
-def _complete(records: Iterable[RawRecord]) -> None:
-    """Tell each record's completion it is delivered; runs of one completion are told at once."""
-    current: Completion | None = None
-    n = 0
-    for record in records:
-        if record.completion is not current:
-            if current is not None:
-                current.done(n)
-            current, n = record.completion, 0
-        n += 1
-    if current is not None:
-        current.done(n)
+            if outcome.result is not None:
+                await self._out.predictions(outcome)
+                return
+            error = outcome.error
+            assert error is not None
+            await self._out.dead(letters((e.record for e in batch.events), error.reason, error.message))
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # nothing was produced for this batch yet (see engine/outcomes.py)
+            log.exception("outputs of a %s batch failed; dead-lettering it", batch.model)
+            message = f"outputs failed: {describe(err)}"
+            await self._out.dead(letters((e.record for e in batch.events), Reason.INFERENCE_ERROR, message))
 
 
 def _adaptive_controller(parts: PipelineParts, batcher: MicroBatcher) -> AdaptiveBatching | None:

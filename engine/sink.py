@@ -1,10 +1,19 @@
 """Producing output records, with delivery acknowledged by the broker.
 
 ``send`` returns a future that resolves only when every record of the call has
-been acknowledged. A record whose delivery fails (broker down past the
-producer's message timeout) is produced again after a pause, without limit:
-the caller never sees a lost record, only a late one, and does not commit
-offsets past it meanwhile.
+been acknowledged. A record whose delivery fails with a transient error
+(broker down past the producer's message timeout, a leader moving) is
+produced again after a pause, without limit: the caller never sees a lost
+record, only a late one, and does not commit offsets past it meanwhile.
+
+A record Kafka refuses for good - decided by librdkafka's error code, never
+its text (:func:`is_permanent`: too large, not authorised, unknown topic, a
+fatal producer error) - is counted (``on_rejected(topic, code)``) and
+produced again at most ``permanent_retries`` times; then the sink gives up:
+the call's future fails with :class:`~engine.errors.OutputRejected` and
+``on_fatal`` is told, so the worker stops loudly instead of stalling its
+partitions forever. A record the producer refuses synchronously (``produce``
+raising) is a failed delivery like any other: ``send`` never raises for one.
 
 A broker outage is logged once when it starts - librdkafka reports every
 broker down (a dead broker), or outputs have waited ``stall_s`` for any answer
@@ -22,14 +31,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
+from engine.errors import OutputRejected
 from engine.records import OutRecord
 
 log = logging.getLogger(__name__)
+
+# librdkafka error codes after which producing the same record again cannot succeed.
+PERMANENT_CODES = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        KafkaError.INVALID_REQUIRED_ACKS,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._AUTHENTICATION,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError._INVALID_ARG,
+        KafkaError._FATAL,
+    }
+)
+PERMANENT_RETRIES = 3
+
+
+def is_permanent(err: KafkaError) -> bool:
+    """Whether producing the record again cannot fix ``err`` (by its code and fatal flag)."""
+    return bool(err.fatal()) or err.code() in PERMANENT_CODES
 
 
 class Sink(Protocol):
@@ -45,19 +83,27 @@ class Sink(Protocol):
 class _Delivery:
     """Tracks one ``send`` call's records; its callbacks run inside ``Producer.poll``."""
 
-    __slots__ = ("sink", "future", "remaining", "failed")
+    __slots__ = ("sink", "future", "remaining", "failed", "rejections")
 
     def __init__(self, sink: KafkaSink, future: asyncio.Future[None], count: int) -> None:
         self.sink = sink
         self.future = future
         self.remaining = count
-        self.failed: list[OutRecord] = []
+        self.failed: list[tuple[OutRecord, KafkaError]] = []
+        self.rejections = 0  # attempts that ended with a permanent error
 
     def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         """The producer's delivery callback for each of this call's records."""
-        if err is not None:
-            headers = tuple((k, bytes(v or b"")) for k, v in msg.headers() or ())
-            self.failed.append(OutRecord(msg.topic(), msg.key(), msg.value(), headers))
+        if err is None:
+            self.answer(None, None)
+            return
+        headers = tuple((k, bytes(v or b"")) for k, v in msg.headers() or ())
+        self.answer(err, OutRecord(msg.topic(), msg.key(), msg.value(), headers))
+
+    def answer(self, err: KafkaError | None, record: OutRecord | None) -> None:
+        """One record of this call was delivered (``err`` None) or failed."""
+        if err is not None and record is not None:
+            self.failed.append((record, err))
             self.sink.last_error = str(err)
         self.sink.answered(1)
         self.remaining -= 1
@@ -75,6 +121,9 @@ class KafkaSink:
         loop: asyncio.AbstractEventLoop | None = None,
         retry_pause_s: float = 1.0,
         stall_s: float = 5.0,
+        permanent_retries: int = PERMANENT_RETRIES,
+        on_rejected: Callable[[str, str], None] | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         conf: dict[str, Any] = {
             "acks": "all",
@@ -89,6 +138,9 @@ class KafkaSink:
         self._producer = Producer(conf)
         self._loop = loop or asyncio.get_running_loop()
         self._retry_pause_s = retry_pause_s
+        self._permanent_retries = permanent_retries
+        self._on_rejected = on_rejected  # (topic, error code name) per record refused for good
+        self._on_fatal = on_fatal  # told when outputs are given up
         self._running = True
         self.last_error: str | None = None
         self._stall_s = stall_s
@@ -98,6 +150,7 @@ class KafkaSink:
         self._outstanding = 0  # produced, not yet answered by the broker
         self._wake = asyncio.Event()
         self._poller = self._loop.create_task(self._poll_loop(), name="sink-poll")
+        self._poller.add_done_callback(self._poller_ended)
 
     async def send(self, records: Sequence[OutRecord]) -> asyncio.Future[None]:
         """Produce ``records`` in order; see the module docstring."""
@@ -129,6 +182,10 @@ class KafkaSink:
                 except BufferError:
                     self._producer.poll(0)
                     await asyncio.sleep(0.005)  # local queue full: let deliveries drain
+                except Exception as exc:  # refused before it was queued: a failed delivery
+                    self._outstanding += 1
+                    delivery.answer(_kafka_error(exc), record)
+                    break
         self._wake.set()
 
     def answered(self, n: int) -> None:
@@ -146,13 +203,43 @@ class KafkaSink:
             return
         failed, delivery.failed = delivery.failed, []
         delivery.remaining = len(failed)
+        refused = [(r.topic, e.name()) for r, e in failed if is_permanent(e)]
+        if refused:
+            delivery.rejections += 1
+            if self._on_rejected is not None:
+                for topic, code in refused:
+                    self._on_rejected(topic, code)
+        if delivery.rejections > self._permanent_retries:
+            self._loop.call_soon_threadsafe(self._give_up, delivery, refused)
+            return
         log.warning(
             "%d records not delivered (%s); producing them again in %.1fs",
             len(failed),
-            self.last_error,
+            ", ".join(sorted({e.name() for _, e in failed})),
             self._retry_pause_s,
         )
-        self._loop.call_soon_threadsafe(self._schedule_retry, failed, delivery)
+        self._loop.call_soon_threadsafe(self._schedule_retry, [r for r, _ in failed], delivery)
+
+    def _give_up(self, delivery: _Delivery, refused: list[tuple[str, str]]) -> None:
+        """Kafka refused outputs ``permanent_retries + 1`` times: fail the call and tell the worker."""
+        reasons = ", ".join(f"{code} on {topic}" for topic, code in sorted(set(refused)))
+        reason = (
+            f"Kafka refused {len(refused)} outputs for good after {delivery.rejections} attempts: {reasons}"
+        )
+        log.error("%s; giving up on them", reason)
+        if not delivery.future.done():
+            delivery.future.set_exception(OutputRejected(reason))
+        if self._on_fatal is not None:
+            self._on_fatal(reason)
+
+    def _poller_ended(self, task: asyncio.Task[None]) -> None:
+        """The poll loop must not die: without it nothing is ever acknowledged again."""
+        if task.cancelled() or task.exception() is None:
+            return
+        reason = f"producer poll loop died: {task.exception()!r}"
+        log.error("%s", reason)
+        if self._on_fatal is not None:
+            self._on_fatal(reason)
 
     def _on_client_error(self, err: KafkaError) -> None:
         """librdkafka's error callback (inside ``poll``): log the start of an outage once."""
@@ -202,6 +289,13 @@ class KafkaSink:
         remaining = await asyncio.to_thread(self._producer.flush, timeout)
         if remaining:
             log.warning("%d records still undelivered at close", remaining)
+
+
+def _kafka_error(exc: Exception) -> KafkaError:
+    """The librdkafka error of a ``produce`` that raised (an invalid argument if it has none)."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return KafkaError(KafkaError._INVALID_ARG, f"{type(exc).__name__}: {exc}")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

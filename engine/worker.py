@@ -1,10 +1,17 @@
-"""One worker process: settings in, a running Faust worker out."""
+"""One worker process: settings in, a running Faust worker out.
+
+A worker that cannot go on - a pipeline task died, Kafka refuses outputs for
+good - fails loudly (engine/health.py): the reason is logged as an error,
+``/healthz`` and ``/readyz`` answer 503 with it, and the process stops with
+exit status 70 instead of sitting on stalled partitions.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -12,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from engine.clock import LoopClock
 from engine.errors import RetryableError
+from engine.health import Liveness, ProcessStopper, with_liveness
 from engine.identity import IdentityBackend
 from engine.kafka_tools import wait_for_kafka
 from engine.lifecycle import NO_MODEL_HOOKS, ModelHooks, build_model_hooks
@@ -40,8 +48,14 @@ LAG_INTERVAL_S = 2.0
 class Worker:
     """Builds the pipeline on the worker's event loop and runs the Faust app."""
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        stop_process: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
+        self.liveness = Liveness(on_fail=stop_process or ProcessStopper())
         self.registry = registry or CollectorRegistry()
         self.metrics: EngineMetrics = create_metrics(self.registry)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +90,11 @@ class Worker:
         metrics = self.metrics
         breaker = CircuitBreaker(settings.retry, clock, on_change=self._on_circuit)
         retrier = Retrier(settings.retry, clock, breaker, on_retry=self._on_retry)
-        sink = KafkaSink(settings.kafka.confluent_config() | {"linger.ms": str(settings.kafka.linger_ms)})
+        sink = KafkaSink(
+            settings.kafka.confluent_config() | self._producer_config(),
+            on_rejected=self._on_output_rejected,
+            on_fatal=self.liveness.fail,
+        )
         router = Router(settings.routing, settings.triton.default_model)
         ctx = DecodeContext(specs, settings.triton.default_model, settings.limits, router=router)
         gauge = self.metrics.model_version
@@ -91,6 +109,7 @@ class Worker:
             metrics=metrics,
             tracing=self.tracing,
             models=self.model_hooks,
+            on_failure=self.liveness.fail,
         )
         pipeline = Pipeline(parts, clock)
         await pipeline.start()
@@ -127,20 +146,29 @@ class Worker:
         self._triton_ok = up
         self.metrics.triton_up.set(1 if up else 0)
 
+    def _producer_config(self) -> dict[str, str]:
+        """The output producer's own settings: linger, and records as large as the limits allow."""
+        max_bytes = max(1_000_000, self.settings.limits.max_message_bytes)  # librdkafka's default or more
+        return {"linger.ms": str(self.settings.kafka.linger_ms), "message.max.bytes": str(max_bytes)}
+
+    def _on_output_rejected(self, topic: str, code: str) -> None:
+        self.metrics.producer_errors.labels(topic, code).inc()
+
     def _on_retry(self, err: RetryableError) -> None:
         self.metrics.triton_errors.labels(error_code(err)).inc()
         self.metrics.retries.labels("*").inc()
 
     async def _on_shutdown(self, app: faust.App, **_: Any) -> None:
         if self.pipeline is not None:
-            await self.pipeline.stop(timeout=30.0)
-            await self._sink.close()
+            alive = self.liveness.alive  # a failed worker does not wait for what cannot be delivered
+            await self.pipeline.stop(timeout=30.0 if alive else 0.0)
+            await self._sink.close(timeout=10.0 if alive else 1.0)
             await self.model_hooks.close()
         if self.backend is not None:
             await self.backend.close()
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when partitions are assigned and Triton answers (circuit not open)."""
+        """Ready when alive, partitions are assigned and Triton answers (circuit not open)."""
         # This runs on the HTTP thread: never touch ``app.consumer`` here, which
         # would build the consumer on this thread's event loop before Faust
         # does (its thread service then fails "attached to a different loop").
@@ -150,7 +178,10 @@ class Worker:
         except Exception:  # consumer not started yet
             assigned = 0
         triton_ok = self.pipeline is not None and self._triton_ok
-        return assigned > 0 and triton_ok, {"assigned_partitions": assigned, "triton": triton_ok}
+        details: dict[str, Any] = {"assigned_partitions": assigned, "triton": triton_ok}
+        if not self.liveness.alive:
+            details["failure"] = self.liveness.failure
+        return assigned > 0 and triton_ok and self.liveness.alive, details
 
     def run(self) -> None:
         """Serve metrics and run the Faust worker until it is stopped (SIGTERM/SIGINT)."""
@@ -158,7 +189,11 @@ class Worker:
         # the GIL; at the default 5 ms switch interval the loop waited so long that Triton
         # round trips took 14 ms instead of 2 and throughput halved (docs/benchmarks.md).
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        server = serve(self.settings.metrics_port, self.registry, self.readiness)
+        settings = self.settings
+        server = serve(settings.metrics_port, self.registry, self.readiness, host=settings.metrics_host)
+        app = server.get_app()
+        if app is not None:  # /healthz answers 503 once the worker has failed
+            server.set_app(with_liveness(app, self.liveness))
         log.info("metrics and health on :%d", server.server_port)
         wait_for_kafka(self.settings.kafka.confluent_config(), log=log)
         provider = configure_tracing(self.settings)
@@ -173,6 +208,8 @@ class Worker:
         )
         try:
             worker.execute_from_commandline()
+        except SystemExit as stopped:
+            raise SystemExit(self.liveness.exit_code(stopped.code)) from None
         finally:
             server.shutdown()
             if provider is not None:

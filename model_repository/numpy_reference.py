@@ -1,7 +1,9 @@
 """Pure-numpy reference of the Triton models, for tests that compare outputs.
 
 The forward pass is not re-implemented here: it is imported from the backend
-template ``mlp_backend.py`` beside this file (the same code Triton runs).
+templates beside this file (the same code Triton runs): ``mlp_backend.py``
+for the fixed-size models, ``sequence_backend.py`` for the variable-length
+ones (``seq_trend``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from types import ModuleType
 import numpy as np
 
 BACKEND_TEMPLATE = Path(__file__).resolve().parent / "mlp_backend.py"
+SEQUENCE_TEMPLATE = Path(__file__).resolve().parent / "sequence_backend.py"
 
 
 def import_file(path: Path, module_name: str) -> ModuleType:
@@ -43,6 +46,25 @@ def backend_module() -> ModuleType:
     if existing is not None and getattr(existing, "__file__", None) == str(BACKEND_TEMPLATE):
         return existing
     return import_file(BACKEND_TEMPLATE, "mlp_backend")
+
+
+def sequence_module() -> ModuleType:
+    """The ``sequence_backend`` template module (imported once)."""
+    existing = sys.modules.get("sequence_backend")
+    if existing is not None and getattr(existing, "__file__", None) == str(SEQUENCE_TEMPLATE):
+        return existing
+    return import_file(SEQUENCE_TEMPLATE, "sequence_backend")
+
+
+def load_sequence_reference(model_dir: Path, version: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """Function ``sequences [batch, length] -> probabilities`` of a variable-length model's weights."""
+    module = sequence_module()
+    weights = module.load_weights(Path(model_dir) / str(version) / module.WEIGHTS_FILE)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.asarray(module.predict(weights, np.atleast_2d(np.asarray(x, dtype=np.float32))))
+
+    return predict
 
 
 def load_reference(model_dir: Path, version: int = 1) -> Callable[[np.ndarray], np.ndarray]:

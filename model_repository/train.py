@@ -13,6 +13,14 @@ fits ``StandardScaler -> MLPClassifier`` on a fixed stratified split and writes:
     <out>/<name>/<version>/weights.npz    # float32 scaler + layers
     <out>/<name>/<version>/metrics.json   # held-out accuracy
 
+``seq_trend`` is a variable-length model (input ``sequence``, dims ``[-1]``):
+is a noisy line rising or falling? Its sequences (4 to 64 values) are
+generated with a fixed seed; the same MLP is fitted on the length-independent
+summary of each sequence computed by ``sequence_backend.py`` (its template),
+and the held-out accuracy is measured through that template, batch by length
+as Triton runs it. It has no ``reference_profile.json``: the drift monitor and
+the event generator work on fixed feature columns, which a sequence has not.
+
 Everything is seeded, so re-running gives the same weights and accuracy.
 """
 
@@ -38,6 +46,7 @@ from sklearn.preprocessing import StandardScaler
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "mlp_backend.py"
+SEQUENCE_TEMPLATE = HERE / "sequence_backend.py"
 SPLIT_SEED = 42
 MODEL_SEED = 0
 TEST_SIZE = 0.25
@@ -49,6 +58,10 @@ LOADERS: dict[str, Callable[..., Any]] = {
     "breast_cancer": load_breast_cancer,
     "iris": load_iris,
 }
+SEQUENCE_MODELS = ("seq_trend",)
+SEQUENCE_DATA_SEED = 7
+SEQUENCE_COUNT = 3000
+SEQUENCE_LENGTHS = (4, 64)  # inclusive
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,16 @@ def export_weights(pipeline: Pipeline) -> dict[str, np.ndarray]:
 
 def backend() -> ModuleType:
     """The ``mlp_backend`` template, imported by path via ``numpy_reference``."""
+    return numpy_reference().backend_module()
+
+
+def sequence_backend() -> ModuleType:
+    """The ``sequence_backend`` template, imported by path via ``numpy_reference``."""
+    return numpy_reference().sequence_module()
+
+
+def numpy_reference() -> ModuleType:
+    """``numpy_reference.py`` beside this file, imported by path."""
     spec = importlib.util.spec_from_file_location("numpy_reference", HERE / "numpy_reference.py")
     if spec is None or spec.loader is None:
         raise ImportError("numpy_reference.py not found")
@@ -134,7 +157,7 @@ def backend() -> ModuleType:
         spec.loader.exec_module(module)
     finally:
         sys.dont_write_bytecode = previous
-    return module.backend_module()
+    return module
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -178,9 +201,17 @@ def reference_profile(split: Split, train_probs: np.ndarray, version: int) -> di
 
 
 def render_config(
-    name: str, n_features: int, n_classes: int, *, sleep_ms_per_batch: int | None = None
+    name: str,
+    n_features: int,
+    n_classes: int,
+    *,
+    sleep_ms_per_batch: int | None = None,
+    input_name: str = "features",
 ) -> str:
-    """The ``config.pbtxt`` text; ``sleep_ms_per_batch`` makes a slow model for chaos tests."""
+    """The ``config.pbtxt`` text; ``sleep_ms_per_batch`` makes a slow model for chaos tests.
+
+    ``n_features`` -1 declares a variable-length input (Triton batches requests of one length).
+    """
     parameters = ""
     if sleep_ms_per_batch is not None:
         parameters = (
@@ -195,7 +226,7 @@ backend: "python"
 max_batch_size: {MAX_BATCH_SIZE}
 input [
   {{
-    name: "features"
+    name: "{input_name}"
     data_type: TYPE_FP32
     dims: [ {n_features} ]
   }}
@@ -229,6 +260,8 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def train_one(name: str, out: Path, version: int, seed: int = MODEL_SEED) -> float:
     """Train one model, write its files under ``out/name``; return held-out accuracy."""
+    if name in SEQUENCE_MODELS:
+        return train_sequence_model(name, out, version, seed)
     split = load_split(name)
     arrays = export_weights(fit(split, seed))
     model_dir = out / name
@@ -257,6 +290,73 @@ def train_one(name: str, out: Path, version: int, seed: int = MODEL_SEED) -> flo
     return test_accuracy
 
 
+def trend_sequences(
+    count: int = SEQUENCE_COUNT, seed: int = SEQUENCE_DATA_SEED
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Noisy lines of 4 to 64 values, rising (label 1) or falling (0): the ``seq_trend`` data."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, count)
+    sequences = []
+    for label in labels:
+        length = int(rng.integers(SEQUENCE_LENGTHS[0], SEQUENCE_LENGTHS[1] + 1))
+        drift = rng.uniform(0.05, 0.5) * (1.0 if label else -1.0)
+        t = np.arange(length, dtype=np.float64)
+        values = rng.normal(0.0, 5.0) + drift * t + rng.normal(0.0, rng.uniform(0.1, 1.0), length)
+        sequences.append(values.astype(np.float32))
+    return sequences, labels.astype(np.int64)
+
+
+def predict_by_length(
+    predict: Callable[[np.ndarray], np.ndarray], sequences: Sequence[np.ndarray]
+) -> np.ndarray:
+    """``predict`` over ``sequences`` one batch per length (as Triton batches them), in input order."""
+    by_length: dict[int, list[int]] = {}
+    for i, seq in enumerate(sequences):
+        by_length.setdefault(len(seq), []).append(i)
+    out: list[np.ndarray | None] = [None] * len(sequences)
+    for rows in by_length.values():
+        probs = predict(np.stack([sequences[i] for i in rows]))
+        for i, p in zip(rows, probs, strict=True):
+            out[i] = p
+    return np.stack(out)  # type: ignore[arg-type]
+
+
+def train_sequence_model(name: str, out: Path, version: int, seed: int = MODEL_SEED) -> float:
+    """Train a variable-length model on generated sequences; write its files; return held-out accuracy."""
+    template = sequence_backend()
+    sequences, labels = trend_sequences()
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=labels
+    )
+    summary = np.concatenate([template.summarize(s[None, :]) for s in sequences])
+    split = Split(
+        name=name,
+        x_train=summary[train_idx],
+        x_test=summary[test_idx],
+        y_train=labels[train_idx],
+        y_test=labels[test_idx],
+        feature_names=tuple(template.SUMMARY_NAMES),
+        class_names=("falling", "rising"),
+    )
+    version_dir = out / name / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(version_dir / "weights.npz", **export_weights(fit(split, seed)))
+    shutil.copyfile(SEQUENCE_TEMPLATE, version_dir / "model.py")
+    weights = template.load_weights(version_dir / "weights.npz")
+
+    def evaluate(idx: np.ndarray) -> float:
+        probs = predict_by_length(lambda x: template.predict(weights, x), [sequences[i] for i in idx])
+        return accuracy(probs, labels[idx])
+
+    test_accuracy = evaluate(test_idx)
+    metrics = {"model": name, "version": version, "test_accuracy": test_accuracy}
+    metrics |= {"train_accuracy": evaluate(train_idx), "n_train": len(train_idx), "n_test": len(test_idx)}
+    write_json(version_dir / "metrics.json", metrics)
+    config = render_config(name, -1, weights.n_classes, input_name=template.INPUT_NAME)
+    (out / name / "config.pbtxt").write_text(config)
+    return test_accuracy
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -264,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=1, help="model version to write")
     parser.add_argument("--seed", type=int, default=MODEL_SEED, help="weight initialisation seed")
     args = parser.parse_args(argv)
-    for name in LOADERS:
+    for name in (*LOADERS, *SEQUENCE_MODELS):
         acc = train_one(name, args.out, args.version, args.seed)
         print(f"{name}: held-out accuracy {acc:.4f}")
     return 0

@@ -46,6 +46,7 @@ class EngineMetrics:
     dead_letters: Counter
     triton_errors: Counter
     retries: Counter
+    producer_errors: Counter  # outputs Kafka refused for good, per attempt (engine/sink.py)
     e2e_latency: Histogram
     batch_wait: Histogram
     triton_latency: Histogram
@@ -81,6 +82,12 @@ def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> Engin
         dead_letters=counter("dead_letters", "Dead letters acknowledged by the broker.", ("reason",)),
         triton_errors=counter("triton_errors", "Failed Triton requests by gRPC code.", ("code",)),
         retries=counter("retries", "Batches retried after a retryable failure.", ("model",)),
+        producer_errors=counter(
+            "producer_permanent_errors",
+            "Outputs Kafka refused with an error retrying cannot fix (too large, not authorised, "
+            "unknown topic), per attempt, by topic and librdkafka error code.",
+            ("topic", "code"),
+        ),
         e2e_latency=histogram(
             "e2e_latency_seconds",
             "Event's Kafka timestamp to its prediction acknowledged by the broker.",

@@ -30,7 +30,7 @@ def malformed_event(n: int) -> tuple[bytes, str]:
         (f'[{n}, "an array, not an object"]', "invalid_event"),
         (f'{{"features": {features}, "n": {n}}}', "missing_id"),
         (f'{{"id": "", "features": {features}, "n": {n}}}', "missing_id"),
-        (f'{{"id": {n}, "features": {features}}}', "missing_id"),
+        (f'{{"id": {n}, "features": {features}}}', "invalid_event"),  # id of the wrong type
         (f'{{"id": "bad-{n}", "model": "no_such_model", "features": {features}}}', "unknown_model"),
         (f'{{"id": "bad-{n}", "features": [1.0, 2.0, 3.0]}}', "bad_shape"),
         (f'{{"id": "bad-{n}", "features": [[1.0], [2.0]]}}', "bad_shape"),

@@ -31,6 +31,7 @@ def repository(tmp_path: Path) -> Path:
     shutil.copytree(MODEL_REPOSITORY, target, ignore=ignore)
     for model in ("iris", "breast_cancer"):
         shutil.copy(MODEL_REPOSITORY / "mlp_backend.py", target / model / "1" / "model.py")
+    shutil.copy(MODEL_REPOSITORY / "sequence_backend.py", target / "seq_trend" / "1" / "model.py")
     return target
 
 
@@ -40,7 +41,7 @@ def fields(problems: list[repo.Problem]) -> set[tuple[str, str]]:
 
 def test_committed_repository_is_valid() -> None:
     results = validate_repository(MODEL_REPOSITORY)
-    assert set(results) == {"iris", "breast_cancer"}
+    assert set(results) == {"iris", "breast_cancer", "seq_trend"}
     assert all(repo.errors(p) == [] for p in results.values()), results
 
 
