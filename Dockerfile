@@ -18,7 +18,10 @@ WORKDIR /opt/sie
 COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY streams ./streams
+COPY inference ./inference
+COPY models ./models
 COPY observability ./observability
+COPY ops ./ops
 # The production install documented in the README ("Production"): the package, no extras.
 RUN pip install .
 

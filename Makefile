@@ -31,7 +31,7 @@ demo: kafka
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy engine streams observability benchmarks
+	$(BIN)/mypy engine streams inference models observability ops benchmarks
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)

@@ -21,9 +21,9 @@ import numpy as np
 from confluent_kafka import Consumer
 
 from benchmarks.systems import SystemSpec, fresh_settings, start_system
-from engine.eventgen import GeneratedEvent
-from engine.kafka_tools import produce_all
 from engine.settings import Settings
+from ops.eventgen import GeneratedEvent
+from streams.kafka_tools import produce_all
 
 MIDDLE = 0.8  # share of the outputs the rate is measured over
 

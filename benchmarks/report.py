@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.previous import comparison_lines
-from engine.embedded.kafka_dist import KAFKA_VERSION
+from ops.embedded.kafka_dist import KAFKA_VERSION
 
 
 def machine() -> dict[str, Any]:

@@ -29,11 +29,11 @@ from benchmarks.report import broker_setup, machine, write_json, write_markdown,
 from benchmarks.sweep import DRAINED_EVENTS, Level, SweepConfig, Sweeper, max_sustainable, rising_levels
 from benchmarks.systems import SLO_MS, SYSTEMS, RunningSystem, SystemSpec, start_system
 from benchmarks.targets import targets
-from engine.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_broker, start_triton
-from engine.eventgen import GeneratedEvent, generate, load_profiles
-from engine.loadgen import PacedProducer, SendLog
 from engine.settings import Settings, TopicSettings
-from engine.stack import copy_model_repository
+from ops.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_broker, start_triton
+from ops.eventgen import GeneratedEvent, generate, load_profiles
+from ops.loadgen import PacedProducer, SendLog
+from ops.stack import copy_model_repository
 
 __all__ = ["MODEL", "PARTITIONS", "REPO", "bench_events", "main", "start_servers", "targets"]
 

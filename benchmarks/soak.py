@@ -31,9 +31,9 @@ from benchmarks.run import BROKER_HEAP_MB, MODEL, PARTITIONS, REPO, start_server
 from benchmarks.soak_report import Sample, summarize, write_markdown, write_plot
 from benchmarks.sweep import SweepConfig, Sweeper, max_sustainable
 from benchmarks.systems import RunningSystem, SystemSpec, start_system
-from engine.eventgen import GeneratedEvent, generate, load_profiles
-from engine.loadgen import PacedProducer, PredictionMonitor, SendLog
 from engine.settings import Settings
+from ops.eventgen import GeneratedEvent, generate, load_profiles
+from ops.loadgen import PacedProducer, PredictionMonitor, SendLog
 
 
 @dataclass(frozen=True)

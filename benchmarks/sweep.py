@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from benchmarks.systems import RunningSystem
-from engine.eventgen import GeneratedEvent
-from engine.loadgen import PacedProducer, PredictionMonitor, SendLog
+from ops.eventgen import GeneratedEvent
+from ops.loadgen import PacedProducer, PredictionMonitor, SendLog
 
 # Outstanding events (sent, not yet answered) that still count as "no backlog".
 DRAINED_EVENTS = 5

@@ -7,9 +7,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.embedded import ManagedProcess, child_env, create_topics
 from engine.settings import Settings
-from engine.stack import WorkerProcess, settings_env, start_worker, worker_settings
+from ops.embedded import ManagedProcess, child_env, create_topics
+from ops.stack import WorkerProcess, settings_env, start_worker, worker_settings
 
 SLO_MS = 25.0  # issue 7: p99 at 50% of the engine's max sustainable rate; the adaptive system's target
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
-from engine.embedded import free_port, start_triton
-from engine.stack import copy_model_repository
+from ops.embedded import free_port, start_triton
+from ops.stack import copy_model_repository
 from tests.integration.otlp_receiver import OtlpReceiver
 
 MODEL = "breast_cancer"

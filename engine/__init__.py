@@ -1,1 +1,2 @@
-"""Streaming inference engine: micro-batching, the Triton client, settings and the CLI."""
+"""The core: records, settings, the event contract, routing, batching, retries, the pipeline and its
+ports (engine/ports.py). Imports no Kafka, Faust, Triton or HTTP library (docs/architecture.md)."""

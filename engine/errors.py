@@ -73,8 +73,14 @@ class EventError(EngineError):
 
 
 class OutputRejected(EngineError):
-    """Kafka refused outputs with an error that retrying cannot fix (engine/sink.py)."""
+    """Kafka refused outputs with an error that retrying cannot fix (streams/sink.py)."""
 
 
 class ConfigError(FatalError):
     """The settings or the model repository are invalid."""
+
+
+def error_code(err: BaseException) -> str:
+    """A bounded label for an error: its gRPC code, else its class name."""
+    code = getattr(err, "code", None)
+    return str(code) if isinstance(code, str) else type(err).__name__

@@ -1,7 +1,7 @@
 """Liveness of a worker: the first fatal failure makes it unhealthy for good and stops the process.
 
 A worker is alive until something it cannot recover from happens: a pipeline
-task died, or Kafka refused outputs for good (see :mod:`engine.sink`). Then
+task died, or Kafka refused outputs for good (see :mod:`streams.sink`). Then
 :meth:`Liveness.fail` logs the reason as an error, ``/healthz`` answers 503
 with it (:func:`with_liveness` wraps the metrics server's WSGI app), and the
 process is stopped (:class:`ProcessStopper`: a SIGTERM, so Faust commits what

@@ -7,14 +7,14 @@ The pipeline's one rule is kept here. Every record the pipeline admits
   except events whose prediction cannot be encoded (``inference_error``) or
   is larger than the broker accepts (``too_large``), which become dead letters;
 * :meth:`Outcomes.dead` - dead letters, cut down to the size limit
-  (:func:`streams.dlq.fit_record`) so they can always be produced.
+  (:func:`engine.dlq.fit_record`) so they can always be produced.
 
 Everything that can go wrong for one record or one batch is turned into dead
 letters for exactly those records before anything is produced; producing
 itself never raises here. A record counts as done - its
 :class:`~engine.records.Completion` is told, so its offset may be committed -
 only when the broker has acknowledged its output. An output the producer gives
-up on (a permanent error, see :mod:`engine.sink`) is never counted as done:
+up on (a permanent error, see :mod:`streams.sink`) is never counted as done:
 the pipeline reports a failure instead, and the worker stops loudly.
 """
 
@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.adaptive import AdaptiveBatching
+from engine.codec import encode_prediction
+from engine.dlq import dead_letter_record, fit_record, record_size
 from engine.errors import Reason
+from engine.ports import ObserveMany
 from engine.records import BatchOutcome, Completion, DeadLetter, Event, InferenceResult, OutRecord, RawRecord
 from engine.safe_text import cleaned
-from observability.metrics import observe_many
-from streams.codec import encode_prediction
-from streams.dlq import dead_letter_record, fit_record, record_size
 
 if TYPE_CHECKING:
     from engine.pipeline import PipelineParts
@@ -115,7 +115,7 @@ class Outcomes:
         batch = outcome.batch
         records = [e.record for e in batch.events]
         waits = self._p.metrics.batch_wait.labels(batch.model)
-        queue_list, total_list = _event_times(outcome, records, waits)
+        queue_list, total_list = _event_times(outcome, records, waits, self._p.observe_many)
         inference_ms = round((outcome.finished_at - outcome.sent_at) * 1000.0, 3)
         out: list[OutRecord] = []
         predicted: list[Event] = []
@@ -192,7 +192,7 @@ class Outcomes:
         now_ms = time.time() * 1000.0
         stamps = [e.record.source.timestamp_ms for e in events]
         latencies = [max(now_ms - ts, 0.0) / 1000.0 for ts in stamps if ts]
-        observe_many(metrics.e2e_latency.labels(batch.model), latencies)
+        self._p.observe_many(metrics.e2e_latency.labels(batch.model), latencies)
         if self._adaptive is not None:
             for seconds in latencies:
                 self._adaptive.observe(seconds)
@@ -232,7 +232,7 @@ def _rows_problem(result: InferenceResult, events: int) -> str | None:
 
 
 def _event_times(
-    outcome: BatchOutcome, records: Sequence[RawRecord], waits: Any
+    outcome: BatchOutcome, records: Sequence[RawRecord], waits: Any, observe_many: ObserveMany
 ) -> tuple[list[float], list[float]]:
     """Per-event queue and total milliseconds in one numpy pass; observes the queue times on ``waits``.
 

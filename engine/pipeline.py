@@ -35,17 +35,23 @@ import numpy as np
 from engine.adaptive import AdaptiveBatching, AdaptiveConfig, run_controller
 from engine.batcher import MicroBatcher
 from engine.clock import Clock, LoopClock
-from engine.errors import FatalError, Reason
-from engine.lifecycle import NO_MODEL_HOOKS, ModelHooks
+from engine.codec import DecodeContext, decode, decode_many
+from engine.errors import FatalError, Reason, error_code
 from engine.outcomes import Outcomes, describe, letters
+from engine.ports import (
+    NO_MODEL_HOOKS,
+    NO_TRACING,
+    InferenceBackend,
+    ModelHooks,
+    ObserveMany,
+    PipelineMetrics,
+    PipelineTracing,
+    Sink,
+    observe_each,
+)
 from engine.records import Batch, BatchOutcome, DeadLetter, Event, InferenceResult, RawRecord
 from engine.retry import Retrier
 from engine.settings import BatchSettings, TopicSettings
-from engine.sink import Sink
-from engine.triton import InferenceBackend, error_code
-from observability.metrics import EngineMetrics
-from observability.tracing import NO_TRACING, PipelineTracing
-from streams.codec import DecodeContext, decode, decode_many
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +66,11 @@ class PipelineParts:
     sink: Sink
     topics: TopicSettings
     batch: BatchSettings
-    metrics: EngineMetrics
+    metrics: PipelineMetrics
     tracing: PipelineTracing = NO_TRACING
-    models: ModelHooks = NO_MODEL_HOOKS  # versions, A/B counts, drift, shadows (engine/lifecycle.py)
+    models: ModelHooks = NO_MODEL_HOOKS  # versions, A/B counts, drift, shadows (models/lifecycle.py)
     on_failure: Callable[[str], None] | None = None  # told once if the pipeline can no longer deliver
+    observe_many: ObserveMany = observe_each  # observability.metrics.observe_many: one pass per batch
 
 
 class Pipeline:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from engine.ports import observe_each
+
 # 1 ms .. 10 s, roughly 1-2.5-5 per decade.
 LATENCY_BUCKETS = (
     0.001,
@@ -46,7 +48,7 @@ class EngineMetrics:
     dead_letters: Counter
     triton_errors: Counter
     retries: Counter
-    producer_errors: Counter  # outputs Kafka refused for good, per attempt (engine/sink.py)
+    producer_errors: Counter  # outputs Kafka refused for good, per attempt (streams/sink.py)
     e2e_latency: Histogram
     batch_wait: Histogram
     triton_latency: Histogram
@@ -57,7 +59,7 @@ class EngineMetrics:
     circuit_state: Gauge
     triton_up: Gauge
     model_version: Gauge
-    # Fed by Faust's sensor hooks (observability.faust_sensor).
+    # Fed by Faust's sensor hooks (streams.faust_sensor).
     stream_buffer_full: Counter
     rebalances: Counter
     commit_latency: Histogram
@@ -126,7 +128,7 @@ def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> Engin
 
 @dataclass(frozen=True)
 class ModelMetrics:
-    """Metrics of A/B routing, shadow models and drift (engine/lifecycle.py, engine/drift.py)."""
+    """Metrics of A/B routing, shadow models and drift (models/lifecycle.py, models/drift.py)."""
 
     ab_predictions: Counter
     shadow_predictions: Counter
@@ -192,8 +194,7 @@ def observe_many(histogram: Any, values: Sequence[float] | np.ndarray) -> None:
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)
     if bounds is None or buckets is None or total is None:
-        for v in values:
-            histogram.observe(float(v))
+        observe_each(histogram, values)
         return
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0:

@@ -2,7 +2,7 @@
 
 Only ``opentelemetry-api`` is used here; the SDK and the exporter are set up at
 the entry point (:mod:`observability.otel_setup`). The pipeline calls a
-:class:`PipelineTracing` at four points:
+:class:`engine.ports.PipelineTracing` at four points:
 
 * ``received(record)``: an *event span* starts, its parent taken from the
   record's W3C ``traceparent`` header (no header: a new trace);
@@ -15,7 +15,7 @@ the entry point (:mod:`observability.otel_setup`). The pipeline calls a
 * ``finished(record, reason)``: the event span ends once the broker has
   acknowledged the record's prediction (``reason=None``) or dead letter.
 
-:data:`NO_TRACING` does nothing and leaves headers unchanged.
+:data:`engine.ports.NO_TRACING` does nothing and leaves headers unchanged.
 
 Incoming trace headers are whatever a producer wrote. Before the W3C
 propagator sees them, a ``traceparent`` over 512 characters and a
@@ -33,7 +33,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
@@ -57,49 +56,6 @@ _KEY = r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z
 _VALUE = r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
 _MEMBER = re.compile(f"{_KEY}={_VALUE}[ \t]*")  # as strict as the propagator: it logs what it rejects
 _MEMBER_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
-
-
-class PipelineTracing(Protocol):
-    """The pipeline's tracing hooks (see the module docstring)."""
-
-    def received(self, record: RawRecord) -> None:
-        """A record was consumed: its event span starts."""
-
-    def batch_headers(self, batch: Batch) -> dict[str, str] | None:
-        """Start the batch's span; the headers to send with its Triton request."""
-
-    def batch_done(self, batch: Batch, error: BaseException | None = None) -> None:
-        """The batch's Triton call ended (``error`` when it failed fatally)."""
-
-    def outgoing(self, record: RawRecord, out: OutRecord) -> OutRecord:
-        """``out`` (produced for ``record``) carrying the record's span context."""
-
-    def finished(self, record: RawRecord, reason: str | None = None) -> None:
-        """The record's output was acknowledged: its event span ends."""
-
-
-class NoTracing:
-    """Tracing switched off: no spans, headers unchanged."""
-
-    def received(self, record: RawRecord) -> None:
-        """Nothing to do."""
-
-    def batch_headers(self, batch: Batch) -> dict[str, str] | None:
-        """No headers."""
-        return None
-
-    def batch_done(self, batch: Batch, error: BaseException | None = None) -> None:
-        """Nothing to do."""
-
-    def outgoing(self, record: RawRecord, out: OutRecord) -> OutRecord:
-        """``out`` as it is."""
-        return out
-
-    def finished(self, record: RawRecord, reason: str | None = None) -> None:
-        """Nothing to do."""
-
-
-NO_TRACING: PipelineTracing = NoTracing()
 
 
 class DroppedTraceHeaders:

@@ -28,21 +28,92 @@ they saved latency.)
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from importlib.metadata import version
 from typing import Any, ClassVar, cast
 
+import aiokafka
 import faust
+import mode
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TransportT
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
+from engine.errors import ConfigError
 from engine.settings import KafkaSettings
 
 # One fetched batch: per partition, aiokafka's ConsumerRecords in offset order.
 FetchedBatch = Sequence[tuple[TP, Sequence[Any]]]
 BatchHandler = Callable[[FetchedBatch], Awaitable[None]]
+
+
+# The private parts of faust-streaming and aiokafka this module relies on (pinned in pyproject.toml):
+# methods looked up on the class, attributes found assigned (``self.<name> =``) in the class's source.
+PRIVATE_METHODS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "faust.transport.drivers.aiokafka.Consumer": (
+        faust_aiokafka.Consumer,
+        ("_drain_messages", "_wait_next_records", "_add_gap", "_new_consumer_thread", "_wait_for_ack"),
+    ),
+    "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread": (
+        faust_aiokafka.AIOKafkaConsumerThread,
+        ("_create_worker_consumer",),
+    ),
+    "faust.App": (faust.App, ("_new_transport",)),
+}
+PRIVATE_ATTRIBUTES: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "faust.transport.consumer.Consumer": (
+        faust_aiokafka.Consumer,
+        (
+            "_commit_every",
+            "_n_acked",
+            "_buffered_partitions",
+            "_read_offset",
+            "_committed_offset",
+            "_acked_index",
+            "_acked",
+            "_waiting_for_ack",
+        ),
+    ),
+    "aiokafka.AIOKafkaConsumer": (aiokafka.AIOKafkaConsumer, ("_fetch_max_wait_ms",)),
+    "mode.Service": (mode.Service, ("_stopped",)),  # the fetcher's
+}
+
+
+def _assigned_in(cls: type, name: str) -> bool:
+    for klass in cls.__mro__:
+        try:
+            if f"self.{name} =" in inspect.getsource(klass) or f"self.{name}:" in inspect.getsource(klass):
+                return True
+        except (OSError, TypeError):
+            continue
+    return False
+
+
+def missing_internals() -> list[str]:
+    """The private names of faust-streaming and aiokafka this module needs and cannot find."""
+    missing = [
+        f"{where}.{name}" for where, (cls, names) in PRIVATE_METHODS.items() for name in names
+        if not callable(getattr(cls, name, None))
+    ]
+    missing += [
+        f"{where}.{name}" for where, (cls, names) in PRIVATE_ATTRIBUTES.items() for name in names
+        if not _assigned_in(cls, name)
+    ]
+    return missing
+
+
+def check_internals() -> None:
+    """Raise one :class:`~engine.errors.ConfigError` naming the installed versions if a name is gone."""
+    missing = missing_internals()
+    if missing:
+        raise ConfigError(
+            f"faust-streaming {version('faust-streaming')} / aiokafka {version('aiokafka')} lack "
+            f"{', '.join(missing)}, which streams/transport.py relies on; install the versions "
+            "pinned in pyproject.toml"
+        )
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -157,4 +228,5 @@ class EngineApp(faust.App):
     batch_handler: BatchHandler | None = None
 
     def _new_transport(self) -> TransportT:
+        check_internals()  # at start-up: one clear error rather than an AttributeError mid-stream
         return _Transport(self.conf.broker_consumer, self)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_triton
 from engine.settings import Settings
-from engine.stack import copy_model_repository
+from ops.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_triton
+from ops.stack import copy_model_repository
 from tests.integration.conftest import MODEL_REPOSITORY, broker, work_dir, workers  # noqa: F401
 
 StartTriton = Callable[..., TritonProcess]

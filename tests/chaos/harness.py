@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from engine.eventgen import generate, load_profiles
+from ops.eventgen import generate, load_profiles
 from tests.integration.conftest import MODEL_REPOSITORY
 from tests.integration.kafka import Msg, collect
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.embedded import free_port, start_broker
+from ops.embedded import free_port, start_broker
 from tests.chaos.conftest import StartTriton, chaos_settings, create_chaos_topics
 from tests.chaos.harness import SteadyProducer, account, write_report
 from tests.integration.conftest import StartWorker

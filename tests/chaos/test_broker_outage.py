@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.embedded import KafkaBroker, free_port, start_broker
 from engine.settings import Settings
+from ops.embedded import KafkaBroker, free_port, start_broker
 from tests.chaos.conftest import StartTriton, chaos_settings, create_chaos_topics
 from tests.chaos.harness import (
     SteadyProducer,

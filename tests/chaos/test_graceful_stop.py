@@ -24,7 +24,7 @@ from collections.abc import Callable
 import pytest
 
 from engine.settings import Settings
-from engine.stack import WorkerProcess
+from ops.stack import WorkerProcess
 from tests.chaos.conftest import StartTriton
 from tests.chaos.harness import SteadyProducer, account, first_output_after, write_report
 from tests.integration.conftest import StartWorker

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from engine.embedded import TritonProcess
 from engine.settings import Settings
+from ops.embedded import TritonProcess
 from tests.chaos.conftest import StartTriton
 from tests.chaos.harness import (
     Sampler,

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.embedded import child_env, free_port
 from engine.settings import Settings
-from engine.stack import port_is_free
+from ops.embedded import child_env, free_port
+from ops.stack import port_is_free
 from tests.chaos.harness import SteadyProducer, account, caught_up_at, longest_stall, write_report
 from tests.chaos.test_worker_kill import uncommitted_window
 from tests.integration.conftest import MODEL_REPOSITORY, REPO
@@ -110,7 +110,7 @@ def _role(argv: list[str], environ: list[str]) -> str:
         return "tritonserver"
     if argv[0].endswith("triton_python_backend_stub"):
         return "stub"
-    if "engine.cli" in argv and "worker" in argv:
+    if "ops.cli" in argv and "worker" in argv:
         name = next((e.split("=", 1)[1] for e in environ if e.startswith("SIE_WORKER_NAME=")), "?")
         return f"worker {name}"
     return "other " + " ".join(argv)[:200]
@@ -145,7 +145,7 @@ def test_sie_up_restarts_a_killed_worker_and_tritonserver_and_loses_nothing(tmp_
     data_dir = tmp_path / "sie"
     kafka_port = free_port()
     argv = [
-        sys.executable, "-m", "engine.cli", "up", "--workers", "2",
+        sys.executable, "-m", "ops.cli", "up", "--workers", "2",
         "--model-repository", str(MODEL_REPOSITORY),
         "--kafka-port", str(kafka_port),
         "--kafka-controller-port", str(free_port()),

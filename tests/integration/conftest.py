@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_broker, start_triton
 from engine.settings import Settings
-from engine.stack import WorkerProcess, copy_model_repository, start_worker, worker_settings
+from ops.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_broker, start_triton
+from ops.stack import WorkerProcess, copy_model_repository, start_worker, worker_settings
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = REPO / "model_repository"

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.embedded import free_port
-from engine.embedded.process import ManagedProcess, child_env
-from engine.embedded.tritonserver import TritonProcess, find_tritonserver
-from engine.stack import copy_model_repository
+from ops.embedded import free_port
+from ops.embedded.process import ManagedProcess, child_env
+from ops.embedded.tritonserver import TritonProcess, find_tritonserver
+from ops.stack import copy_model_repository
 from tests.unit.deploy_support import REPO, interpolate, load_compose, model_names
 
 pytestmark = pytest.mark.integration

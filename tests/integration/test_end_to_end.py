@@ -9,9 +9,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from engine.eventgen import GeneratedEvent, generate, load_profiles
 from engine.settings import Settings
 from model_repository.numpy_reference import load_reference
+from ops.eventgen import GeneratedEvent, generate, load_profiles
 from tests.integration.conftest import MODEL_REPOSITORY, StartWorker
 from tests.integration.kafka import Msg, collect, produce
 

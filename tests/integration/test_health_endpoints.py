@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from engine.embedded import free_port
 from engine.settings import Settings
-from engine.stack import WorkerProcess
+from ops.embedded import free_port
+from ops.stack import WorkerProcess
 from tests.integration.conftest import StartWorker
 from tests.unit.deploy_support import REPO, dockerfile_instructions, load_compose
 

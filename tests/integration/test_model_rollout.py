@@ -27,13 +27,13 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_triton
-from engine.eventgen import GeneratedEvent, generate, load_profiles
-from engine.model_control import ModelControl
-from engine.repository import deploy
 from engine.settings import Settings
-from engine.stack import copy_model_repository
+from inference.model_control import ModelControl
+from inference.repository import deploy
 from model_repository.numpy_reference import load_reference
+from ops.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_triton
+from ops.eventgen import GeneratedEvent, generate, load_profiles
+from ops.stack import copy_model_repository
 from tests.integration.conftest import MODEL_REPOSITORY, StartWorker
 from tests.integration.kafka import Msg, collect, produce
 

@@ -20,11 +20,11 @@ import numpy as np
 import orjson
 import pytest
 
-from engine.eventgen import GeneratedEvent, generate, load_profiles
+from engine.dlq import record_size
 from engine.records import OutRecord
 from engine.settings import Settings
 from model_repository.numpy_reference import load_reference, load_sequence_reference
-from streams.dlq import record_size
+from ops.eventgen import GeneratedEvent, generate, load_profiles
 from tests.integration.conftest import MODEL_REPOSITORY, StartWorker
 from tests.integration.kafka import Msg, collect, produce
 

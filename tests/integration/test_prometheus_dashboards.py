@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.embedded import ManagedProcess, TritonProcess, free_port
-from engine.eventgen import generate, load_profiles
 from engine.settings import Settings
+from ops.embedded import ManagedProcess, TritonProcess, free_port
+from ops.eventgen import generate, load_profiles
 from tests.integration.conftest import MODEL_REPOSITORY, REPO, StartWorker
 from tests.integration.kafka import collect, produce
 

@@ -9,11 +9,11 @@ import uuid
 import orjson
 import pytest
 
-from engine.embedded import child_env, create_topics
-from engine.eventgen import generate, load_profiles
-from engine.replay import REPLAYED_FROM_HEADER, replay
 from engine.settings import LimitSettings, Settings
-from engine.stack import settings_env
+from ops.embedded import child_env, create_topics
+from ops.eventgen import generate, load_profiles
+from ops.replay import REPLAYED_FROM_HEADER, replay
+from ops.stack import settings_env
 from tests.integration.conftest import MODEL_REPOSITORY, REPO, StartWorker
 from tests.integration.kafka import Msg, collect, produce
 
@@ -61,7 +61,7 @@ def test_replay_republishes_dead_letters_of_one_reason_after_the_fix(
     workers(stack_settings)  # the fix: default limits
     env = child_env(settings_env(stack_settings))
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "replay", "--reason", "too_large"],
+        [sys.executable, "-m", "ops.cli", "replay", "--reason", "too_large"],
         env=env,
         cwd=REPO,
         capture_output=True,

@@ -18,14 +18,14 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_triton
-from engine.eventgen import generate, load_profiles
-from engine.repository import deploy
 from engine.routing import Router
 from engine.settings import Settings
-from engine.stack import copy_model_repository
-from engine.version_policy import write_version_policy
+from inference.repository import deploy
+from inference.version_policy import write_version_policy
 from model_repository.numpy_reference import load_reference
+from ops.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_triton
+from ops.eventgen import generate, load_profiles
+from ops.stack import copy_model_repository
 from tests.integration.conftest import MODEL_REPOSITORY, StartWorker
 from tests.integration.kafka import collect, produce
 from tests.integration.test_model_rollout import version_two

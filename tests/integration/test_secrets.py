@@ -21,10 +21,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.embedded import KafkaBroker, TritonProcess, child_env, create_topics
-from engine.eventgen import generate, load_profiles
 from engine.settings import Settings
-from engine.stack import settings_env
+from ops.embedded import KafkaBroker, TritonProcess, child_env, create_topics
+from ops.eventgen import generate, load_profiles
+from ops.stack import settings_env
 from tests.integration.conftest import MODEL_REPOSITORY, REPO, StartWorker
 from tests.integration.kafka import collect, produce
 from tests.integration.test_tls import (  # noqa: F401 (fixtures)
@@ -134,7 +134,7 @@ def test_secrets_never_appear_in_logs_settings_output_or_http_endpoints(
             time.sleep(0.5)
     served = [_get(f"http://127.0.0.1:{worker.settings.metrics_port}{path}") for path in ENDPOINTS]
     shown = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "settings"],
+        [sys.executable, "-m", "ops.cli", "settings"],
         env=child_env(settings_env(worker.settings)),
         cwd=REPO,
         capture_output=True,

@@ -36,7 +36,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from engine.embedded import (
+from engine.settings import Settings
+from ops.embedded import (
     BrokerSecurity,
     KafkaBroker,
     TritonProcess,
@@ -46,10 +47,9 @@ from engine.embedded import (
     start_triton,
     upsert_scram_user,
 )
-from engine.eventgen import generate, load_profiles
-from engine.kafka_tools import produce_all
-from engine.settings import Settings
-from engine.stack import copy_model_repository
+from ops.eventgen import generate, load_profiles
+from ops.stack import copy_model_repository
+from streams.kafka_tools import produce_all
 from tests.integration.conftest import MODEL_REPOSITORY, StartWorker
 from tests.integration.kafka import collect
 from tests.integration.tls_certs import TlsFiles, make_tls_files

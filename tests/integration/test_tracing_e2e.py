@@ -22,10 +22,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.embedded import TritonProcess, free_port, start_triton
-from engine.eventgen import generate, load_profiles
 from engine.settings import Settings
-from engine.stack import copy_model_repository
+from ops.embedded import TritonProcess, free_port, start_triton
+from ops.eventgen import generate, load_profiles
+from ops.stack import copy_model_repository
 from tests.integration.conftest import MODEL_REPOSITORY, StartWorker
 from tests.integration.kafka import Msg, collect, produce
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan

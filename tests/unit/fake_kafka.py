@@ -1,4 +1,4 @@
-"""In-memory stand-ins for confluent_kafka's Consumer and Producer (what engine/replay.py uses).
+"""In-memory stand-ins for confluent_kafka's Consumer and Producer (what ops/replay.py uses).
 
 Install them with :func:`install`; each counts what it handed out or was given.
 """
@@ -131,8 +131,9 @@ class FakeProducer:
 
 
 def install(monkeypatch: pytest.MonkeyPatch, broker: FakeBroker) -> None:
-    """Make engine.replay use ``broker`` instead of a real one."""
-    import engine.replay
+    """Make ops.replay use ``broker`` instead of a real one."""
+    import ops.replay
+    import streams.producer
 
-    monkeypatch.setattr(engine.replay, "Consumer", lambda config: FakeConsumer(broker, config))
-    monkeypatch.setattr(engine.replay, "Producer", lambda config: FakeProducer(broker, config))
+    monkeypatch.setattr(ops.replay, "Consumer", lambda config: FakeConsumer(broker, config))
+    monkeypatch.setattr(streams.producer, "Producer", lambda config: FakeProducer(broker, config))

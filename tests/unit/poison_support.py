@@ -11,13 +11,13 @@ import orjson
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
+from engine.codec import DecodeContext
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion, InferenceResult, OutRecord, RawRecord, SourceRef
 from engine.retry import CircuitBreaker, Retrier
 from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
 from observability.metrics import create_metrics
-from streams.codec import DecodeContext
 from tests.unit.fakes import FakeSink, spec
 
 TOPICS = TopicSettings(events="in", predictions="out", dlq="dlq")

@@ -13,10 +13,10 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.cli_errors import is_expected
-from engine.embedded import EmbeddedServerError
 from engine.settings import Settings
+from ops.cli import app
+from ops.cli_errors import is_expected
+from ops.embedded import EmbeddedServerError
 from tests.unit.deploy_support import REPO
 
 SECRET = "s3cret"
@@ -68,7 +68,7 @@ def test_sie_settings_still_redacts_secret_fields(monkeypatch: pytest.MonkeyPatc
 def test_worker_start_log_never_shows_the_password_of_a_url(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import engine.worker
+    import ops.worker
 
     started: list[object] = []
 
@@ -79,10 +79,10 @@ def test_worker_start_log_never_shows_the_password_of_a_url(
         def run(self) -> None:
             pass
 
-    monkeypatch.setattr(engine.worker, "Worker", NoWorker)
+    monkeypatch.setattr(ops.worker, "Worker", NoWorker)
     monkeypatch.setenv("SIE_OTLP_ENDPOINT", OTLP)
     monkeypatch.setenv("SIE_KAFKA__SASL_PASSWORD", SECRET)
-    caplog.set_level(logging.INFO, logger="engine.cli")
+    caplog.set_level(logging.INFO, logger="ops.cli")
 
     result = CliRunner().invoke(app, ["worker"])
 
@@ -128,12 +128,12 @@ def test_invalid_setting_error_never_echoes_the_value(monkeypatch: pytest.Monkey
 
 
 def test_missing_binary_or_java_prints_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.embedded.kafka_dist
+    import ops.embedded.kafka_dist
 
     def no_java() -> None:
         raise EmbeddedServerError("Java 17+ not found (install a JDK or set JAVA_HOME)")
 
-    monkeypatch.setattr(engine.embedded.kafka_dist, "find_java", no_java)
+    monkeypatch.setattr(ops.embedded.kafka_dist, "find_java", no_java)
 
     result = CliRunner().invoke(app, ["fetch-kafka"])
 
@@ -142,12 +142,12 @@ def test_missing_binary_or_java_prints_one_line(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_bug_still_shows_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.embedded.kafka_dist
+    import ops.embedded.kafka_dist
 
     def bug() -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(engine.embedded.kafka_dist, "find_java", bug)
+    monkeypatch.setattr(ops.embedded.kafka_dist, "find_java", bug)
 
     result = CliRunner().invoke(app, ["fetch-kafka"])
 
@@ -156,7 +156,7 @@ def test_a_bug_still_shows_its_traceback(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_debug_flag_shows_the_traceback_of_an_expected_error(busy_port: int) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--debug", "up", "--kafka-port", str(busy_port)],
+        [sys.executable, "-m", "ops.cli", "--debug", "up", "--kafka-port", str(busy_port)],
         cwd=REPO,
         capture_output=True,
         text=True,

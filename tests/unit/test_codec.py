@@ -8,11 +8,11 @@ import numpy as np
 import orjson
 import pytest
 
-import streams.codec as codec
+import engine.codec as codec
+from engine.codec import DecodeContext, decode, decode_many, encode_prediction
 from engine.errors import Reason
 from engine.records import DeadLetter, Event
 from engine.settings import LimitSettings
-from streams.codec import DecodeContext, decode, decode_many, encode_prediction
 from tests.unit.fakes import raw, spec
 
 CTX = DecodeContext(

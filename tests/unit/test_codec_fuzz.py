@@ -24,12 +24,12 @@ import orjson
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import streams.codec as codec
+import engine.codec as codec
+from engine.codec import MAX_MESSAGE_CHARS, DecodeContext, decode, decode_many
 from engine.errors import Reason
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event, Headers
 from engine.settings import LimitSettings
-from streams.codec import MAX_MESSAGE_CHARS, DecodeContext, decode, decode_many
 from tests.unit.fakes import raw, spec
 
 LIMITS = LimitSettings(

@@ -10,11 +10,11 @@ from unittest import mock
 import orjson
 import pytest
 
-import streams.codec as codec
+import engine.codec as codec
+from engine.codec import DecodeContext, decode, decode_many
 from engine.errors import Reason
 from engine.records import DeadLetter, Event, RawRecord
 from engine.settings import LimitSettings, Settings
-from streams.codec import DecodeContext, decode, decode_many
 from tests.unit.fakes import raw, spec
 
 LIMITS = LimitSettings(max_key_bytes=16, max_headers=3, max_header_bytes=40)

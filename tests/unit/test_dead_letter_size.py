@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import KafkaException, Producer
 
+from engine.dlq import dead_letter_record, fit_record, record_size
 from engine.errors import Reason
 from engine.records import DeadLetter, OutRecord
-from streams.dlq import dead_letter_record, fit_record, record_size
 from tests.unit.fakes import raw
 
 LIMIT = 1_000_000

@@ -11,8 +11,8 @@ from pathlib import Path
 import tomllib
 from typer.main import get_command
 
-from engine.cli import app
 from engine.settings import Settings
+from ops.cli import app
 from tests.unit.deploy_support import REPO, dockerfile_instructions
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -97,7 +97,7 @@ def test_entry_point_is_sie_worker() -> None:
     argv = exec_form(entrypoint) + (exec_form(cmd[-1]) if cmd else [])
     assert argv == ["sie", "worker"]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["sie"] == "engine.cli:app"
+    assert scripts["sie"] == "ops.cli:app"
     assert "worker" in get_command(app).commands  # type: ignore[attr-defined]
 
 

@@ -11,13 +11,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from engine.drift import DRIFT_THRESHOLD, Bins, DriftMonitor, Reference, Window, load_references, psi
-from engine.eventgen import generate, load_profiles
-from engine.lifecycle import ModelObserver, ServedVersions
 from engine.settings import DriftSettings
 from model_repository import train
 from model_repository.numpy_reference import load_reference
+from models.drift import DRIFT_THRESHOLD, Bins, DriftMonitor, Reference, Window, load_references, psi
+from models.lifecycle import ModelObserver, ServedVersions
 from observability.metrics import create_metrics, create_model_metrics
+from ops.eventgen import generate, load_profiles
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = REPO / "model_repository"

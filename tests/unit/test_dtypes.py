@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from engine.codec import DecodeContext, decode, decode_many
 from engine.errors import Reason
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event
 from engine.settings import LimitSettings
-from streams.codec import DecodeContext, decode, decode_many
 from tests.unit.fakes import raw
 
 NUMPY = {

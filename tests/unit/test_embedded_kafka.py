@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.embedded import EmbeddedServerError, kafka_dist
-from engine.embedded.kafka import BrokerSecurity, cluster_id, server_properties
-from engine.embedded.kafka_dist import KAFKA_VERSION, POM, kafka_libs, parse_java_version
+from ops.embedded import EmbeddedServerError, kafka_dist
+from ops.embedded.kafka import BrokerSecurity, cluster_id, server_properties
+from ops.embedded.kafka_dist import KAFKA_VERSION, POM, kafka_libs, parse_java_version
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,7 +111,7 @@ def test_secured_broker_has_mutual_tls_and_scram_listeners_and_no_plaintext(tmp_
 
 
 def test_broker_needs_a_plaintext_port_or_security(tmp_path: Path) -> None:
-    from engine.embedded import start_broker
+    from ops.embedded import start_broker
 
     with pytest.raises(ValueError, match="PLAINTEXT port or security"):
         start_broker(None, tmp_path)

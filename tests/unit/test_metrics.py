@@ -13,8 +13,8 @@ import yaml
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from observability.faust_sensor import ConsumerLag, EngineSensor, partition_lag
 from observability.metrics import EngineMetrics, create_metrics, create_model_metrics, observe_many
+from streams.faust_sensor import ConsumerLag, EngineSensor, partition_lag
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "observability"
 BOUNDED_LABELS = {"topic", "partition", "model", "version", "reason", "code"}

@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 import engine.pipeline as pipeline_module
+from engine.codec import decode as real_decode
 from engine.errors import TritonUnavailable
-from streams.codec import decode as real_decode
 from tests.unit.fakes import FakeSink
 from tests.unit.poison_support import (
     LibrdkafkaSizedSink,

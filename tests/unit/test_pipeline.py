@@ -8,13 +8,13 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from engine.codec import DecodeContext
 from engine.errors import InferenceFailed, TritonUnavailable
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion
 from engine.retry import CircuitBreaker, Retrier
 from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
 from observability.metrics import create_metrics
-from streams.codec import DecodeContext
 from tests.unit.fakes import FakeBackend, FakeSink, raw, spec
 
 TOPICS = TopicSettings(events="in", predictions="out", dlq="dlq")

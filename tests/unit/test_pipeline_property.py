@@ -24,10 +24,10 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.dlq import record_size
 from engine.errors import InferenceFailed, Reason, TritonUnavailable
 from engine.records import OutRecord
 from engine.settings import LimitSettings
-from streams.dlq import record_size
 from tests.unit.fakes import FakeSink
 from tests.unit.poison_support import ScriptedBackend, pipeline, records, sums
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.embedded.process import ManagedProcess
 from engine.redact import REDACTED, redact_url, redacted_settings, settings_json
 from engine.settings import Settings
+from ops.embedded.process import ManagedProcess
 
 
 @pytest.mark.parametrize(

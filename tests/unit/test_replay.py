@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.replay import REPLAYED_FROM_HEADER, replay
+from ops.cli import app
+from ops.replay import REPLAYED_FROM_HEADER, replay
 from tests.unit.fake_kafka import FakeBroker, install
 
 DLQ = "events.dlq"

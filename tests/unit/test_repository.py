@@ -1,4 +1,4 @@
-"""Model repository on disk (engine/repository.py, engine/version_policy.py): validation, deploy, policies."""
+"""Model repository on disk (inference/repository.py, version_policy.py): validation, deploy, policies."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from engine import repository as repo
-from engine.repository import (
+from inference import repository as repo
+from inference.repository import (
     RepositoryError,
     deploy,
     parse_config,
@@ -19,7 +19,7 @@ from engine.repository import (
     validate_repository,
     version_dirs,
 )
-from engine.version_policy import selected_versions, write_version_policy
+from inference.version_policy import selected_versions, write_version_policy
 
 MODEL_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
@@ -200,7 +200,7 @@ def test_deploy_refuses_an_existing_version_number(repository: Path) -> None:
 def test_cli_validate_names_the_problem_and_fails(repository: Path) -> None:
     from typer.testing import CliRunner
 
-    from engine.cli import app
+    from ops.cli import app
 
     (repository / "iris" / "1" / "model.py").unlink()
     result = CliRunner().invoke(app, ["models", "validate", "--repository", str(repository)])
@@ -212,7 +212,7 @@ def test_cli_validate_names_the_problem_and_fails(repository: Path) -> None:
 def test_cli_deploy_then_list_without_triton(repository: Path) -> None:
     from typer.testing import CliRunner
 
-    from engine.cli import app
+    from ops.cli import app
 
     runner = CliRunner()
     deployed = runner.invoke(

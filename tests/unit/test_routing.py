@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from engine.codec import DecodeContext, decode
 from engine.errors import InferenceFailed, Reason
-from engine.lifecycle import ModelObserver, ServedVersions
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion, DeadLetter, Event, InferenceResult
 from engine.retry import CircuitBreaker, Retrier
@@ -27,9 +27,9 @@ from engine.settings import (
     Settings,
     TopicSettings,
 )
-from engine.shadow import ShadowRunner
+from models.lifecycle import ModelObserver, ServedVersions
+from models.shadow import ShadowRunner
 from observability.metrics import create_metrics, create_model_metrics
-from streams.codec import DecodeContext, decode
 from tests.unit.fakes import FakeBackend, FakeSink, raw, spec
 
 AB = {

@@ -12,7 +12,7 @@ from google.protobuf.json_format import MessageToDict
 from tritonclient.grpc import model_config_pb2 as mc
 
 from engine.modelspec import spec_from_config
-from engine.repository import errors, validate_model
+from inference.repository import errors, validate_model
 from model_repository import train
 from model_repository.numpy_reference import load_sequence_reference, sequence_module
 

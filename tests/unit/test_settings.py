@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.cli import load_settings
 from engine.settings import Settings
+from ops.cli import load_settings
 
 
 def test_settings_read_env_prefix_and_nested_groups(monkeypatch: pytest.MonkeyPatch) -> None:

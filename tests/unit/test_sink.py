@@ -19,14 +19,14 @@ import pytest
 from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
-import engine.sink as sink_module
+import streams.producer as producer_module
+from engine.codec import DecodeContext
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion, OutRecord
 from engine.retry import CircuitBreaker, Retrier
 from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
-from engine.sink import KafkaSink
 from observability.metrics import create_metrics
-from streams.codec import DecodeContext
+from streams.sink import KafkaSink
 from tests.unit.fakes import FakeBackend, raw, spec
 
 TOPICS = TopicSettings(events="in", predictions="out", dlq="dlq")
@@ -94,7 +94,7 @@ class FakeProducer:
 @pytest.fixture
 def producer(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeProducer]]:
     FakeProducer.instances = []
-    monkeypatch.setattr(sink_module, "Producer", FakeProducer)
+    monkeypatch.setattr(producer_module, "Producer", FakeProducer)
     yield FakeProducer
 
 

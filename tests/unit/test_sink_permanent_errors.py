@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-import engine.sink as sink_module
+import streams.producer as producer_module
+import streams.sink as sink_module
 from engine.records import OutRecord
-from engine.sink import KafkaSink
+from streams.sink import KafkaSink
 from tests.unit.test_sink import FakeProducer
 
 PAUSE_S = 0.01
@@ -70,7 +71,7 @@ class RefusingProducer(FakeProducer):
 @pytest.fixture
 def producer(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[RefusingProducer]]:
     FakeProducer.instances = []
-    monkeypatch.setattr(sink_module, "Producer", RefusingProducer)
+    monkeypatch.setattr(producer_module, "Producer", RefusingProducer)
     yield RefusingProducer
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from engine.stack import port_is_free
+from ops.stack import port_is_free
 
 
 def _time_wait_on_a_free_port() -> int:

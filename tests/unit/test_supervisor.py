@@ -1,4 +1,4 @@
-"""The restart policy of ``sie up`` (engine/supervisor.py) with fake children and a fake clock."""
+"""The restart policy of ``sie up`` (ops/supervisor.py) with fake children and a fake clock."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from engine import up
-from engine.embedded import ManagedProcess, TritonProcess, child_env
 from engine.settings import Settings
-from engine.stack import Stack, WorkerProcess
-from engine.supervisor import (
+from ops import up
+from ops.embedded import ManagedProcess, TritonProcess, child_env
+from ops.stack import Stack, WorkerProcess
+from ops.supervisor import (
     ChildLost,
     GaveUp,
     Level,

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
+from engine.codec import DecodeContext
 from engine.errors import InferenceFailed
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion, Headers, InferenceResult, OutRecord, RawRecord
@@ -32,7 +33,6 @@ from observability.tracing import (
     extract_context,
     otlp_traces_url,
 )
-from streams.codec import DecodeContext
 from tests.unit.fakes import FakeBackend, FakeSink, ManualClock, raw, spec
 
 TOPICS = TopicSettings(events="in", predictions="out", dlq="dlq")

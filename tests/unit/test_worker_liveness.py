@@ -14,7 +14,7 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 from prometheus_client import CollectorRegistry
 
-import engine.worker as worker_module
+import ops.worker as worker_module
 from engine.health import FAILED_EXIT_CODE, Liveness, ProcessStopper, with_liveness
 from engine.settings import Settings
 from observability.server import make_app

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.embedded.process import (
+from ops.embedded.process import (
     EmbeddedServerError,
     ManagedProcess,
     child_env,

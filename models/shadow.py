@@ -27,11 +27,10 @@ from collections.abc import Mapping
 import numpy as np
 import orjson
 
+from engine.ports import InferenceBackend, Sink
 from engine.records import Batch, Event, InferenceResult, OutRecord
 from engine.routing import Router
 from engine.settings import RouteTarget
-from engine.sink import Sink
-from engine.triton import InferenceBackend
 from observability.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)

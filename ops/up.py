@@ -16,12 +16,12 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from engine.embedded import ManagedProcess
-from engine.eventgen import generate, load_profiles
-from engine.loadgen import PacedProducer, PredictionMonitor, SendLog, Snapshot
 from engine.settings import Settings
-from engine.stack import Stack, StackPorts, start_stack
-from engine.supervisor import (
+from ops.embedded import ManagedProcess
+from ops.eventgen import generate, load_profiles
+from ops.loadgen import PacedProducer, PredictionMonitor, SendLog, Snapshot
+from ops.stack import Stack, StackPorts, start_stack
+from ops.supervisor import (
     Child,
     Level,
     Notice,
@@ -99,7 +99,7 @@ def run_up(settings: Settings, opts: UpOptions, console: Console) -> int:
 
 @dataclass(frozen=True)
 class StackChild:
-    """One process of the stack as the supervisor sees it (:class:`~engine.supervisor.Child`)."""
+    """One process of the stack as the supervisor sees it (:class:`~ops.supervisor.Child`)."""
 
     name: str
     process: ManagedProcess

@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException
+
+from streams.producer import new_producer
 
 
 def iter_json_lines(stream: TextIO) -> Iterator[tuple[bytes, bytes | None]]:
@@ -37,7 +39,7 @@ def produce_all(
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
     """Produce every (value, key); returns how many were acknowledged."""
-    producer = Producer({**config, "linger.ms": 5, "acks": "all"})
+    producer = new_producer(config, overrides={"linger.ms": 5, "acks": "all"})
     acked = failed = 0
 
     def on_delivery(err: Any, _msg: Any) -> None:

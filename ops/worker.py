@@ -18,25 +18,26 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from engine.clock import LoopClock
-from engine.errors import RetryableError
+from engine.codec import DecodeContext
+from engine.errors import RetryableError, error_code
 from engine.health import Liveness, ProcessStopper, with_liveness
-from engine.identity import IdentityBackend
-from engine.kafka_tools import wait_for_kafka
-from engine.lifecycle import NO_MODEL_HOOKS, ModelHooks, build_model_hooks
 from engine.modelspec import ModelSpec
 from engine.pipeline import Pipeline, PipelineParts
+from engine.ports import NO_MODEL_HOOKS, NO_TRACING, InferenceBackend, ModelHooks, PipelineTracing
 from engine.retry import CircuitBreaker, CircuitState, Retrier
 from engine.routing import Router, input_topics
 from engine.settings import Settings
-from engine.sink import KafkaSink
-from engine.triton import TritonBackend, error_code
-from observability.faust_sensor import ConsumerLag, EngineSensor
-from observability.metrics import EngineMetrics, create_metrics
+from inference.identity import IdentityBackend
+from inference.triton import TritonBackend
+from models.lifecycle import build_model_hooks
+from observability.metrics import EngineMetrics, create_metrics, observe_many
 from observability.otel_setup import configure_tracing
 from observability.server import serve
-from observability.tracing import INSTRUMENTATION, NO_TRACING, OtelTracing, PipelineTracing
+from observability.tracing import INSTRUMENTATION, OtelTracing
 from streams.app import Submit, add_batch_consumer, create_app
-from streams.codec import DecodeContext
+from streams.faust_sensor import ConsumerLag, EngineSensor
+from streams.kafka_tools import wait_for_kafka
+from streams.sink import KafkaSink
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,11 @@ class Worker:
 
     async def _build(self) -> Pipeline:
         settings = self.settings
-        self.backend = backend = TritonBackend(settings.triton)
+        self.backend = triton = TritonBackend(settings.triton)
+        backend: InferenceBackend = triton
         if settings.triton.identity:
             log.warning("SIE_TRITON__IDENTITY is set: inference is skipped (benchmark mode)")
-            backend = IdentityBackend(backend)  # type: ignore[assignment]
+            backend = IdentityBackend(triton)
         specs = await self._wait_for_models(backend)
         self._note_versions(await backend.model_versions())
         clock = LoopClock()
@@ -98,7 +100,9 @@ class Worker:
         router = Router(settings.routing, settings.triton.default_model)
         ctx = DecodeContext(specs, settings.triton.default_model, settings.limits, router=router)
         gauge = self.metrics.model_version
-        self.model_hooks = await build_model_hooks(settings, router, specs, backend, gauge, self.registry)
+        self.model_hooks = await build_model_hooks(
+            settings, router, specs, backend, gauge, self.registry, make_sink=KafkaSink
+        )
         parts = PipelineParts(
             decode_ctx=ctx,
             backend=backend,
@@ -110,6 +114,7 @@ class Worker:
             tracing=self.tracing,
             models=self.model_hooks,
             on_failure=self.liveness.fail,
+            observe_many=observe_many,
         )
         pipeline = Pipeline(parts, clock)
         await pipeline.start()
@@ -118,7 +123,7 @@ class Worker:
         log.info("pipeline ready: models %s, default %r", sorted(specs), settings.triton.default_model)
         return pipeline
 
-    async def _wait_for_models(self, backend: TritonBackend) -> dict[str, ModelSpec]:
+    async def _wait_for_models(self, backend: InferenceBackend) -> dict[str, ModelSpec]:
         delay = 0.5
         while True:
             try:

@@ -32,12 +32,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 
 from engine.errors import OutputRejected
 from engine.records import OutRecord
+from streams.producer import new_producer
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +69,6 @@ PERMANENT_RETRIES = 3
 def is_permanent(err: KafkaError) -> bool:
     """Whether producing the record again cannot fix ``err`` (by its code and fatal flag)."""
     return bool(err.fatal()) or err.code() in PERMANENT_CODES
-
-
-class Sink(Protocol):
-    """Where output records go."""
-
-    async def send(self, records: Sequence[OutRecord]) -> asyncio.Future[None]:
-        """Queue ``records``; the returned future resolves when all are acknowledged."""
-
-    async def close(self) -> None:
-        """Flush what is queued and stop."""
 
 
 class _Delivery:
@@ -135,7 +126,7 @@ class KafkaSink:
         }
         conf.update(config)
         conf["error_cb"] = self._on_client_error
-        self._producer = Producer(conf)
+        self._producer = new_producer(conf)
         self._loop = loop or asyncio.get_running_loop()
         self._retry_pause_s = retry_pause_s
         self._permanent_retries = permanent_retries

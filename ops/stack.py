@@ -19,7 +19,10 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 from pydantic_core import to_json
 
-from engine.embedded import (
+from engine.errors import EngineError
+from engine.settings import Settings
+from observability.tracing import otlp_traces_url
+from ops.embedded import (
     KafkaBroker,
     ManagedProcess,
     TritonProcess,
@@ -29,10 +32,8 @@ from engine.embedded import (
     start_broker,
     start_triton,
 )
-from engine.embedded.kafka_dist import KAFKA_VERSION, kafka_libs
-from engine.embedded.process import http_ok
-from engine.settings import Settings
-from observability.tracing import otlp_traces_url
+from ops.embedded.kafka_dist import KAFKA_VERSION, kafka_libs
+from ops.embedded.process import http_ok
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,11 @@ class WorkerProcess:
 
 
 def start_worker(settings: Settings, work_dir: Path, name: str) -> WorkerProcess:
-    """Spawn ``python -m engine.cli worker`` configured by ``settings``; does not wait."""
+    """Spawn ``python -m ops.cli worker`` configured by ``settings``; does not wait."""
     env = child_env(settings_env(settings) | {"PYTHONUNBUFFERED": "1"})
     process = ManagedProcess(
         name=name,
-        argv=(sys.executable, "-m", "engine.cli", "worker"),
+        argv=(sys.executable, "-m", "ops.cli", "worker"),
         env=env,
         log_path=Path(work_dir).resolve() / f"{name}.log",
     )
@@ -197,7 +198,7 @@ class StackPorts:
             )
 
 
-class StackError(RuntimeError):
+class StackError(EngineError):
     """The local stack cannot start as asked."""
 
 

@@ -12,7 +12,7 @@ Triton parses. Every problem names the file and the config field.
   ``latest``/``all`` version policy is pinned to the versions it selects
   today, so a new directory changes nothing until it is promoted, even if
   Triton restarts.
-* version policies: see engine/version_policy.py.
+* version policies: see inference/version_policy.py.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from engine.errors import ConfigError
-from engine.version_policy import policy_kind, selected_versions, write_version_policy
+from inference.version_policy import policy_kind, selected_versions, write_version_policy
 
 CONFIG_FILE = "config.pbtxt"
 DEPLOY_PREFIX = ".deploy-"

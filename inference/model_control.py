@@ -24,7 +24,8 @@ from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
 
 from engine.errors import EngineError
-from engine.repository import (
+from engine.settings import TritonSettings
+from inference.repository import (
     CONFIG_FILE,
     RepositoryError,
     errors,
@@ -33,8 +34,7 @@ from engine.repository import (
     validate_version_files,
     version_dirs,
 )
-from engine.settings import TritonSettings
-from engine.version_policy import with_policy, write_version_policy
+from inference.version_policy import with_policy, write_version_policy
 
 
 class ModelControlError(EngineError):

@@ -1,6 +1,6 @@
 """A single-node Apache Kafka broker (KRaft, combined broker + controller) as a JVM process.
 
-The jars come from :mod:`engine.embedded.kafka_dist` (Maven, cached). The data
+The jars come from :mod:`ops.embedded.kafka_dist` (Maven, cached). The data
 directory is formatted once with ``kafka.tools.StorageTool format --standalone``;
 a restart on the same directory keeps every topic, record and committed offset.
 Optional listeners: ``SSL`` (mutual TLS) and ``SASL_SSL`` with SCRAM-SHA-512,
@@ -19,9 +19,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.embedded.broker import metadata_ok
-from engine.embedded.kafka_dist import KAFKA_VERSION, find_java, kafka_libs
-from engine.embedded.process import EmbeddedServerError, ManagedProcess, child_env, free_port
+from ops.embedded.kafka_dist import KAFKA_VERSION, find_java, kafka_libs
+from ops.embedded.process import EmbeddedServerError, ManagedProcess, child_env, free_port
+from streams.admin import metadata_ok
 
 _STORAGE_TOOL = "kafka.tools.StorageTool"
 _BROKER_MAIN = "kafka.Kafka"

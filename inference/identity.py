@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from engine.modelspec import ModelSpec
+from engine.ports import InferenceBackend
 from engine.records import InferenceResult
-from engine.triton import InferenceBackend
 
 
 class IdentityBackend:
@@ -45,7 +45,7 @@ class IdentityBackend:
 
     async def model_versions(self) -> dict[str, list[str]]:
         """The real served versions."""
-        return await self._inner.model_versions()  # type: ignore[attr-defined]
+        return await self._inner.model_versions()
 
     async def is_ready(self) -> bool:
         """The real server's readiness."""

@@ -1,4 +1,4 @@
-"""Topic admin and readiness for any Kafka broker (confluent-kafka's AdminClient)."""
+"""Topic admin and readiness for any Kafka broker (confluent-kafka's AdminClient); used by ops/."""
 
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from engine.embedded.process import EmbeddedServerError
+from engine.errors import EngineError
 
 log = logging.getLogger(__name__)
 
 _POLL_INTERVAL_S = 0.2
 _SCRAM_ITERATIONS = 8192
+
+
+class KafkaAdminError(EngineError):
+    """A broker did not answer, or refused a topic or a user."""
 
 
 def admin_client(bootstrap: str, client_config: Mapping[str, str] | None = None) -> AdminClient:
@@ -47,7 +51,7 @@ def wait_for_broker(
     deadline = time.monotonic() + timeout
     while not metadata_ok(bootstrap, min(2.0, max(0.1, timeout)), client_config):
         if time.monotonic() >= deadline:
-            raise EmbeddedServerError(f"broker {bootstrap} not reachable after {timeout:.0f}s")
+            raise KafkaAdminError(f"broker {bootstrap} not reachable after {timeout:.0f}s")
         time.sleep(_POLL_INTERVAL_S)
 
 
@@ -66,7 +70,7 @@ def create_topics(
             future.result(timeout=timeout)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise EmbeddedServerError(f"cannot create topic {name!r}: {exc}") from exc
+                raise KafkaAdminError(f"cannot create topic {name!r}: {exc}") from exc
     deadline = time.monotonic() + timeout
     while True:
         metadata = admin.list_topics(timeout=max(0.5, deadline - time.monotonic()))
@@ -74,7 +78,7 @@ def create_topics(
         if not missing:
             return
         if time.monotonic() >= deadline:
-            raise EmbeddedServerError(f"topics not visible after {timeout:.0f}s: {missing}")
+            raise KafkaAdminError(f"topics not visible after {timeout:.0f}s: {missing}")
         time.sleep(_POLL_INTERVAL_S)
 
 
@@ -97,4 +101,4 @@ def upsert_scram_user(
         try:
             future.result(timeout=timeout)
         except KafkaException as exc:
-            raise EmbeddedServerError(f"cannot create SCRAM user {user!r}: {exc}") from exc
+            raise KafkaAdminError(f"cannot create SCRAM user {user!r}: {exc}") from exc

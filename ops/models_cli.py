@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.errors import EngineError
-from engine.repository import (
+from engine.settings import Settings, TritonSettings
+from inference.repository import (
     CONFIG_FILE,
     Problem,
     RepositoryError,
@@ -30,11 +31,10 @@ from engine.repository import (
     validate_repository,
     version_dirs,
 )
-from engine.settings import Settings, TritonSettings
-from engine.version_policy import policy_kind, selected_versions
+from inference.version_policy import policy_kind, selected_versions
 
 if TYPE_CHECKING:
-    from engine.model_control import ModelControl
+    from inference.model_control import ModelControl
 
 models_app = typer.Typer(help="Model repository: list, validate, deploy, promote, roll back.")
 console = Console(soft_wrap=True)  # paths in messages stay whole
@@ -79,7 +79,7 @@ def _fail(err: Exception) -> typer.Exit:
 
 
 def _control(repository: Path, triton_url: str | None) -> ModelControl:
-    from engine.model_control import ModelControl
+    from inference.model_control import ModelControl
 
     return ModelControl(triton_settings(triton_url), repository)
 

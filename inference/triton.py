@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
@@ -44,29 +44,6 @@ CHANNEL_ARGS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-
-
-class InferenceBackend(Protocol):
-    """Something that runs a batch through a model."""
-
-    async def infer(
-        self,
-        model: str,
-        inputs: Mapping[str, np.ndarray],
-        *,
-        headers: Mapping[str, str] | None = None,
-        version: str = "",
-    ) -> InferenceResult:
-        """Run one batch (on ``version``, else the one Triton picks); raises RetryableError or FatalError."""
-
-    async def model_specs(self) -> dict[str, ModelSpec]:
-        """Specs of every model that is ready to serve."""
-
-    async def is_ready(self) -> bool:
-        """Whether the server answers and is ready."""
-
-    async def close(self) -> None:
-        """Release connections."""
 
 
 def status_code(err: InferenceServerException) -> str:
@@ -170,9 +147,3 @@ class TritonBackend:
 
 def _path(path: Any) -> str | None:
     return str(path) if path is not None else None
-
-
-def error_code(err: BaseException) -> str:
-    """A bounded label for an error: its gRPC code, else its class name."""
-    code = getattr(err, "code", None)
-    return str(code) if isinstance(code, str) else type(err).__name__

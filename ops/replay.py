@@ -1,6 +1,6 @@
 """Replay dead letters: republish their original bytes to the input topic after a fix.
 
-A dead letter (streams/dlq.py) carries the original key, value and headers,
+A dead letter (engine/dlq.py) carries the original key, value and headers,
 plus ``error.*`` and ``source.*`` headers. Replaying one produces the original
 key and value unchanged, with the original headers (trace context included)
 minus the DLQ's own, plus ``replayed.from`` naming the dead letter
@@ -23,20 +23,21 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-from streams.dlq import (
+from engine.dlq import (
     MESSAGE_HEADER,
     REASON_HEADER,
     SOURCE_OFFSET_HEADER,
     SOURCE_PARTITION_HEADER,
     SOURCE_TOPIC_HEADER,
 )
+from streams.producer import new_producer
 
 log = logging.getLogger(__name__)
 
 REPLAYED_FROM_HEADER = "replayed.from"
-# Headers of a dead letter streams/dlq.py had to cut down to fit the DLQ: its original bytes are lost.
+# Headers of a dead letter engine/dlq.py had to cut down to fit the DLQ: its original bytes are lost.
 CUT_DOWN_HEADERS = frozenset({"error.value_truncated", "error.key_truncated", "error.headers_dropped"})
 DLQ_HEADERS = CUT_DOWN_HEADERS | {
     REASON_HEADER,
@@ -199,7 +200,9 @@ class Publisher:
     """Produces replayed records; :meth:`close` raises unless the broker acknowledged all."""
 
     def __init__(self, config: Mapping[str, str]) -> None:
-        self._producer = Producer({**config, "acks": "all", "linger.ms": 5, "enable.idempotence": False})
+        self._producer = new_producer(
+            config, overrides={"acks": "all", "linger.ms": 5, "enable.idempotence": False}
+        )
         self._errors: list[Any] = []
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:

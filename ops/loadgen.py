@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from engine.eventgen import GeneratedEvent
+from ops.eventgen import GeneratedEvent
+from streams.producer import new_producer
 
 
 class SendLog:
@@ -65,7 +66,9 @@ class PacedProducer(threading.Thread):
         super().__init__(name="paced-producer", daemon=True)
         # Events go out in 5 ms ticks, so each tick's burst is one request per partition even with
         # a 1 ms linger; a longer linger would only add to every event's measured latency.
-        self._producer = Producer({**config, "linger.ms": "1", "queue.buffering.max.messages": "1000000"})
+        self._producer = new_producer(
+            config, overrides={"linger.ms": "1", "queue.buffering.max.messages": "1000000"}
+        )
         self._topic, self._events, self.rate, self._log = topic, events, rate, log
         self._malformed_every = extra_malformed_every
         self._stop_flag = threading.Event()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from engine.errors import EngineError
 from engine.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ _LOG_TAIL_BYTES = 4000
 _POLL_INTERVAL_S = 0.2
 
 
-class EmbeddedServerError(RuntimeError):
+class EmbeddedServerError(EngineError):
     """An embedded server failed to start, died or did not become ready."""
 
 

@@ -11,7 +11,7 @@ broker. :class:`ModelObserver` turns them into
   shows up as a flip of the two series;
 * ``sie_ab_predictions_total{model, version, arm}`` per A/B arm;
 * drift windows and ``sie_drift_psi`` / ``sie_drift_score_psi`` gauges;
-* shadow requests (engine/shadow.py).
+* shadow requests (models/shadow.py).
 
 Hooks never raise into the pipeline: a failure here is logged and ignored.
 """
@@ -20,50 +20,21 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
-from engine.drift import DriftMonitor, DriftReport, load_references
 from engine.modelspec import ModelSpec
+from engine.ports import InferenceBackend, Sink
 from engine.records import Batch, InferenceResult
 from engine.routing import Router
 from engine.settings import Settings
-from engine.shadow import ShadowRunner
-from engine.sink import KafkaSink
-from engine.triton import InferenceBackend
+from models.drift import DriftMonitor, DriftReport, load_references
+from models.shadow import ShadowRunner
 from observability.metrics import ModelMetrics, create_model_metrics
 
 log = logging.getLogger(__name__)
-
-
-class ModelHooks(Protocol):
-    """Calls from the pipeline; implementations must not raise or block."""
-
-    def on_dispatch(self, batch: Batch) -> None:
-        """A batch was sent to the backend."""
-
-    def on_delivered(self, batch: Batch, result: InferenceResult) -> None:
-        """A batch's predictions were acknowledged by the broker."""
-
-    async def close(self) -> None:
-        """Stop background work."""
-
-
-class _NoModelHooks:
-    def on_dispatch(self, batch: Batch) -> None:
-        return None
-
-    def on_delivered(self, batch: Batch, result: InferenceResult) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
-NO_MODEL_HOOKS: ModelHooks = _NoModelHooks()
 
 
 class ServedVersions:
@@ -175,22 +146,25 @@ async def build_model_hooks(
     backend: InferenceBackend,
     version_gauge: Gauge,
     registry: CollectorRegistry,
+    make_sink: Callable[[dict[str, str]], Sink],
 ) -> ModelObserver:
-    """Wire the observer for one worker (called once the backend serves models)."""
+    """Wire the observer for one worker (called once the backend serves models).
+
+    ``make_sink(producer_config)`` builds the sink of shadow predictions (the composition root passes
+    the Kafka one).
+    """
     for problem in router.problems(specs):
         log.error("%s", problem)
     metrics = create_model_metrics(registry)
     versions = ServedVersions(version_gauge)
-    model_versions = getattr(backend, "model_versions", None)
-    if model_versions is not None:
-        versions.seed(await model_versions())
+    versions.seed(await backend.model_versions())
     observer = ModelObserver(metrics, versions)
     if settings.drift.reference_dir is not None:
         references = load_references(settings.drift.reference_dir)
         observer.drift = DriftMonitor(references, settings.drift, on_report=observer.publish_drift)
         log.info("drift monitoring for %s", sorted(references))
     if router.has_shadows:
-        sink = KafkaSink(settings.kafka.confluent_config() | {"linger.ms": str(settings.kafka.linger_ms)})
+        sink = make_sink(settings.kafka.confluent_config() | {"linger.ms": str(settings.kafka.linger_ms)})
         routing = settings.routing
         observer.shadow = ShadowRunner(
             router, backend, sink, routing.shadow_topic, metrics, max_in_flight=routing.shadow_max_in_flight

@@ -1,9 +1,9 @@
 """Expected errors of the ``sie`` command line: one clear line and exit status 1.
 
-Expected: a port in use (:class:`~engine.stack.StackError`), a missing binary,
-Java or a server that would not start
-(:class:`~engine.embedded.EmbeddedServerError`), invalid settings (pydantic
-``ValidationError`` of a ``*Settings`` model) and Kafka refusing a request
+Expected: a port in use (:class:`~ops.stack.StackError`), a missing binary,
+Java or a server that would not start (:class:`~ops.embedded.EmbeddedServerError`),
+a broker that does not answer or refuses a topic (:class:`~streams.admin.KafkaAdminError`),
+invalid settings (pydantic ``ValidationError`` of a ``*Settings`` model) and Kafka refusing a request
 (``KafkaException``, e.g. ``sie replay`` of a DLQ topic that does not exist). Any
 other exception is a bug and keeps its traceback; so do expected ones with the
 global ``--debug`` flag.
@@ -27,12 +27,13 @@ def is_expected(exc: BaseException) -> bool:
     """Whether ``exc`` is an operator's problem (configuration, environment), not a bug."""
     from confluent_kafka import KafkaException
 
-    from engine.embedded.process import EmbeddedServerError
-    from engine.stack import StackError
+    from ops.embedded.process import EmbeddedServerError
+    from ops.stack import StackError
+    from streams.admin import KafkaAdminError
 
     if isinstance(exc, ValidationError):  # of the settings; other models' are bugs
         return exc.title.endswith("Settings")
-    return isinstance(exc, (StackError, EmbeddedServerError, KafkaException))
+    return isinstance(exc, (StackError, EmbeddedServerError, KafkaAdminError, KafkaException))
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str | None:

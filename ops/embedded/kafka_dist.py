@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from engine.embedded.process import EmbeddedServerError
+from ops.embedded.process import EmbeddedServerError
 
 log = logging.getLogger(__name__)
 

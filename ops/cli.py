@@ -1,7 +1,7 @@
 """The ``sie`` command line. Settings are built here, once, and passed in.
 
 Expected errors (a port in use, a missing binary, invalid settings) print one
-line and exit 1 (engine/cli_errors.py); ``sie --debug ...`` shows their traceback.
+line and exit 1 (ops/cli_errors.py); ``sie --debug ...`` shows their traceback.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from engine.cli_errors import DEBUG_PARAM, ExpectedErrorsGroup
-from engine.models_cli import models_app
 from engine.redact import settings_json, settings_line
 from engine.settings import Settings
+from ops.cli_errors import DEBUG_PARAM, ExpectedErrorsGroup
+from ops.models_cli import models_app
 
 app = typer.Typer(
     cls=ExpectedErrorsGroup,
@@ -79,7 +79,7 @@ def worker(
     metrics_port: Annotated[Optional[int], typer.Option(help="Port of /metrics, /healthz, /readyz.")] = None,
 ) -> None:
     """Run one worker against the configured Kafka and Triton (production entry point)."""
-    from engine.worker import Worker
+    from ops.worker import Worker
 
     settings = load_settings(
         **{
@@ -108,7 +108,7 @@ def produce(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Publish events from a JSON-lines file or stdin (key = the event's id)."""
-    from engine.kafka_tools import iter_json_lines, produce_all
+    from streams.kafka_tools import iter_json_lines, produce_all
 
     settings = load_settings(**{"kafka.bootstrap_servers": bootstrap, "topics.events": topic})
     with file.open() if file else sys.stdin as stream:
@@ -125,7 +125,7 @@ def tail(
     idle_timeout: Annotated[Optional[float], typer.Option(help="Stop after N idle seconds.")] = None,
 ) -> None:
     """Print a topic's records (key, headers, value)."""
-    from engine.kafka_tools import consume, describe
+    from streams.kafka_tools import consume, describe
 
     settings = load_settings(**{"kafka.bootstrap_servers": bootstrap})
     records = consume(
@@ -159,7 +159,7 @@ def replay(
     skipped and counted. The DLQ is streamed; --limit stops reading.
     """
     from engine.errors import Reason
-    from engine.replay import replay as run_replay
+    from ops.replay import replay as run_replay
 
     unknown = sorted(set(reason or ()) - {r.value for r in Reason})
     if unknown:
@@ -210,8 +210,8 @@ def up(
 
     Kafka keeps its data in <data_dir>/stack/kafka-data across runs (`make clean` removes it).
     """
-    from engine.stack import StackPorts
-    from engine.up import UpOptions, run_up
+    from ops.stack import StackPorts
+    from ops.up import UpOptions, run_up
 
     partitions = max(partitions, workers)  # a worker without a partition would idle
     settings = load_settings(**{"otlp_endpoint": otlp_endpoint, "topics.partitions": partitions})
@@ -238,9 +238,9 @@ def up(
 @app.command("fetch-kafka")
 def fetch_kafka() -> None:
     """Check Java and fetch the local Apache Kafka broker's jars with Maven (once; cached)."""
-    from engine.embedded.kafka_dist import KAFKA_VERSION, find_java, kafka_libs
+    from ops.embedded.kafka_dist import KAFKA_VERSION, find_java, kafka_libs
 
-    find_java()  # EmbeddedServerError: one line (engine/cli_errors.py)
+    find_java()  # EmbeddedServerError: one line (ops/cli_errors.py)
     libs = kafka_libs(on_progress=lambda msg: console.print(f"[cyan]>[/] {msg}"))
     console.print(f"Apache Kafka {KAFKA_VERSION}: {libs}")
 

@@ -15,7 +15,7 @@ whose reason is one of :class:`engine.errors.Reason`, chosen by the check that
 failed (never by an exception's text). Text from the record that a message
 quotes is escaped and bounded (:mod:`engine.safe_text`). Payloads are only
 ever parsed as JSON - never evaluated or unpickled. Tensors are converted by
-:mod:`streams.dtypes`.
+:mod:`engine.dtypes`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 import orjson
 
+from engine.dtypes import json_kind, stacked, to_tensor
 from engine.errors import EventError, Reason
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event, RawRecord
 from engine.routing import Route, Router
 from engine.safe_text import cleaned, shown
 from engine.settings import LimitSettings
-from streams.dtypes import json_kind, stacked, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _tensors_together(group: Sequence[_Parsed], ctx: DecodeContext) -> list[Even
 
 
 def _stacked_or_none(spec: TensorSpec, values: list[Any]) -> np.ndarray | None:
-    """:func:`streams.dtypes.stacked`; None on any surprise, so each event gets a closer look."""
+    """:func:`engine.dtypes.stacked`; None on any surprise, so each event gets a closer look."""
     try:
         return stacked(spec, values)
     except Exception:  # the per-event path decides, and never raises

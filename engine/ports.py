@@ -1,0 +1,166 @@
+"""Every interface the core needs from the outside, as Protocols (see docs/architecture.md).
+
+The core (``engine/``) depends only on these; the adapters implement them:
+
+* :class:`InferenceBackend`: ``inference.triton.TritonBackend`` (and
+  ``inference.identity.IdentityBackend``);
+* :class:`Sink`: ``streams.sink.KafkaSink``;
+* :class:`ModelHooks`: ``models.lifecycle.ModelObserver`` (:data:`NO_MODEL_HOOKS` by default);
+* :class:`PipelineTracing`: ``observability.tracing.OtelTracing`` (:data:`NO_TRACING` by default);
+* :class:`PipelineMetrics`: ``observability.metrics.EngineMetrics``, with
+  :data:`ObserveMany` (``observability.metrics.observe_many``; :func:`observe_each` by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.modelspec import ModelSpec
+from engine.records import Batch, InferenceResult, OutRecord, RawRecord
+
+
+class InferenceBackend(Protocol):
+    """Something that runs a batch through a model."""
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        headers: Mapping[str, str] | None = None,
+        version: str = "",
+    ) -> InferenceResult:
+        """Run one batch (on ``version``, else the one Triton picks); raises RetryableError or FatalError."""
+
+    async def model_specs(self) -> dict[str, ModelSpec]:
+        """Specs of every model that is ready to serve."""
+
+    async def model_versions(self) -> dict[str, list[str]]:
+        """Ready versions per model."""
+
+    async def is_ready(self) -> bool:
+        """Whether the server answers and is ready."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class Sink(Protocol):
+    """Where output records go."""
+
+    async def send(self, records: Sequence[OutRecord]) -> asyncio.Future[None]:
+        """Queue ``records``; the returned future resolves when all are acknowledged."""
+
+    async def close(self) -> None:
+        """Flush what is queued and stop."""
+
+
+class ModelHooks(Protocol):
+    """Calls from the pipeline; implementations must not raise or block."""
+
+    def on_dispatch(self, batch: Batch) -> None:
+        """A batch was sent to the backend."""
+
+    def on_delivered(self, batch: Batch, result: InferenceResult) -> None:
+        """A batch's predictions were acknowledged by the broker."""
+
+    async def close(self) -> None:
+        """Stop background work."""
+
+
+class _NoModelHooks:
+    def on_dispatch(self, batch: Batch) -> None:
+        return None
+
+    def on_delivered(self, batch: Batch, result: InferenceResult) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+NO_MODEL_HOOKS: ModelHooks = _NoModelHooks()
+
+
+class PipelineTracing(Protocol):
+    """The pipeline's tracing hooks (see observability/tracing.py)."""
+
+    def received(self, record: RawRecord) -> None:
+        """A record was consumed: its event span starts."""
+
+    def batch_headers(self, batch: Batch) -> dict[str, str] | None:
+        """Start the batch's span; the headers to send with its Triton request."""
+
+    def batch_done(self, batch: Batch, error: BaseException | None = None) -> None:
+        """The batch's Triton call ended (``error`` when it failed fatally)."""
+
+    def outgoing(self, record: RawRecord, out: OutRecord) -> OutRecord:
+        """``out`` (produced for ``record``) carrying the record's span context."""
+
+    def finished(self, record: RawRecord, reason: str | None = None) -> None:
+        """The record's output was acknowledged: its event span ends."""
+
+
+class NoTracing:
+    """Tracing switched off: no spans, headers unchanged."""
+
+    def received(self, record: RawRecord) -> None:
+        """Nothing to do."""
+
+    def batch_headers(self, batch: Batch) -> dict[str, str] | None:
+        """No headers."""
+        return None
+
+    def batch_done(self, batch: Batch, error: BaseException | None = None) -> None:
+        """Nothing to do."""
+
+    def outgoing(self, record: RawRecord, out: OutRecord) -> OutRecord:
+        """``out`` as it is."""
+        return out
+
+    def finished(self, record: RawRecord, reason: str | None = None) -> None:
+        """Nothing to do."""
+
+
+NO_TRACING: PipelineTracing = NoTracing()
+
+
+class PipelineMetrics(Protocol):
+    """The metrics the core updates (labelled Prometheus-style counters, gauges and histograms)."""
+
+    @property
+    def events_consumed(self) -> Any: ...
+    @property
+    def predictions(self) -> Any: ...
+    @property
+    def dead_letters(self) -> Any: ...
+    @property
+    def triton_errors(self) -> Any: ...
+    @property
+    def e2e_latency(self) -> Any: ...
+    @property
+    def batch_wait(self) -> Any: ...
+    @property
+    def triton_latency(self) -> Any: ...
+    @property
+    def batch_size(self) -> Any: ...
+    @property
+    def in_flight(self) -> Any: ...
+    @property
+    def pending_events(self) -> Any: ...
+    @property
+    def stream_buffer_full(self) -> Any: ...
+
+
+ObserveMany = Callable[[Any, "Sequence[float] | np.ndarray"], None]
+"""``histogram.observe(v)`` for every value (the metrics adapter may do it in one pass)."""
+
+
+def observe_each(histogram: Any, values: Sequence[float] | np.ndarray) -> None:
+    """The plain :data:`ObserveMany`: one ``observe`` per value."""
+    for v in values:
+        histogram.observe(float(v))
