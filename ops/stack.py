@@ -32,7 +32,7 @@ from ops.embedded import (
     start_broker,
     start_triton,
 )
-from ops.embedded.kafka_dist import KAFKA_VERSION, kafka_libs
+from ops.embedded.kafka_dist import KAFKA_VERSION
 from ops.embedded.process import http_ok
 
 log = logging.getLogger(__name__)
@@ -241,8 +241,9 @@ def start_stack(
     try:
         data = work_dir / "kafka-data"
         step(f"starting Apache Kafka {KAFKA_VERSION} (KRaft) on 127.0.0.1:{ports.kafka}, data in {data}")
-        kafka_libs(on_progress=step)  # the first start on a machine fetches the jars with Maven
-        stack.broker = start_broker(ports.kafka, logs, controller_port=ports.kafka_controller, data_dir=data)
+        stack.broker = start_broker(
+            ports.kafka, logs, controller_port=ports.kafka_controller, data_dir=data, on_progress=step
+        )
         topics = base.topics
         step(f"creating topics {topics.events}, {topics.predictions}, {topics.dlq}")
         names = (topics.events, topics.predictions, topics.dlq)

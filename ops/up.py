@@ -199,9 +199,7 @@ def _demo(stack: Stack, opts: UpOptions, console: Console, supervisor: Superviso
             while deadline is None or time.monotonic() < deadline:
                 supervisor.poll()
                 now = time.monotonic()
-                if now >= started + MINUTE_S * (len(minutes) + 1):
-                    minutes.append(_minute(monitor, started, len(minutes)))
-                    console.print(_minute_line(minutes[-1]))
+                _close_minutes(monitor, started, now - started, minutes, console)
                 if now >= next_view:
                     live.update(_view(monitor.snapshot(), opts, now - started))
                     next_view = now + POLL_S
@@ -211,12 +209,23 @@ def _demo(stack: Stack, opts: UpOptions, console: Console, supervisor: Superviso
         producer.join(10)
         stopped = time.monotonic() - started
         time.sleep(2.0)  # let the last predictions arrive
-        while len(minutes) < int(stopped // MINUTE_S):  # a minute that ended as the demo did
-            minutes.append(_minute(monitor, started, len(minutes)))
-            console.print(_minute_line(minutes[-1]))
+        _close_minutes(monitor, started, stopped, minutes, console)  # one that ended as the demo did
         monitor.stop()
         monitor.join(10)
         _summary(monitor, producer, time.monotonic() - started, opts, console, minutes)
+
+
+def _close_minutes(
+    monitor: PredictionMonitor,
+    started: float,
+    elapsed: float,
+    minutes: list[dict[str, float]],
+    console: Console,
+) -> None:
+    """Append (and print) a row for every minute of the demo that ended by ``elapsed`` seconds."""
+    while len(minutes) < int(elapsed // MINUTE_S):
+        minutes.append(_minute(monitor, started, len(minutes)))
+        console.print(_minute_line(minutes[-1]))
 
 
 def _minute(monitor: PredictionMonitor, started: float, index: int) -> dict[str, float]:

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,11 +100,6 @@ class KafkaBroker:
             self.process.start()
         self.wait_ready(timeout)
 
-    def restart(self, timeout: float = 60) -> None:
-        """Clean stop, then start on the same data."""
-        self.stop()
-        self.start(timeout)
-
     def kill(self) -> None:
         """SIGKILL (chaos): no clean shutdown; a later :meth:`start` recovers the logs."""
         self.resume()
@@ -137,6 +133,7 @@ def start_broker(
     heap_mb: int = 512,
     timeout: float = 90,
     cache_dir: Path | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> KafkaBroker:
     """Start Apache Kafka on 127.0.0.1 and wait until it answers metadata requests.
 
@@ -144,14 +141,14 @@ def start_broker(
     and the SSL and SASL_SSL listeners take ``ssl_port``/``sasl_ssl_port``
     (free ports if not given). Data lives in ``data_dir`` (default
     ``work_dir/kafka-data``), formatted on first use; the broker's console
-    log is ``work_dir/kafka-<port>.log``.
+    log is ``work_dir/kafka-<port>.log``. ``on_progress`` hears about the one-time Maven fetch.
     """
     if port is None and security is None:
         raise ValueError("a broker needs a PLAINTEXT port or security settings")
     work_dir = Path(work_dir).resolve()
     data_dir = Path(data_dir).resolve() if data_dir else work_dir / "kafka-data"
     java = find_java()
-    libs = kafka_libs(cache_dir)
+    libs = kafka_libs(cache_dir, on_progress=on_progress)  # the first start on a machine fetches them
     listeners = {"CONTROLLER": controller_port or free_port()}
     if port is not None:
         listeners["PLAINTEXT"] = port
