@@ -20,7 +20,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from ops.eventgen import GeneratedEvent
-from streams.producer import new_producer
+from streams.producer import new_producer, produce_waiting
 
 
 class SendLog:
@@ -104,12 +104,7 @@ class PacedProducer(threading.Thread):
         value = event.value
         if self._malformed_every and self.produced % self._malformed_every == self._malformed_every - 1:
             value = value[: len(value) // 2]  # truncated JSON -> dead letter
-        while True:
-            try:
-                self._producer.produce(self._topic, value=value, key=event.key, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.01)
+        produce_waiting(self._producer, self._topic, value, event.key, None, self._on_delivery, poll_s=0.01)
         self._log.record(event.id, time.monotonic())
         self.produced += 1
         return True

@@ -32,7 +32,7 @@ from engine.dlq import (
     SOURCE_PARTITION_HEADER,
     SOURCE_TOPIC_HEADER,
 )
-from streams.producer import new_producer
+from streams.producer import new_producer, produce_waiting
 
 log = logging.getLogger(__name__)
 
@@ -212,14 +212,7 @@ class Publisher:
     def send(self, topic: str, record: DeadRecord) -> None:
         """Produce ``record``'s original key and value to ``topic``, with its replay headers."""
         headers: list[tuple[str, str | bytes | None]] = [(k, v) for k, v in record.replay_headers()]
-        while True:
-            try:
-                self._producer.produce(
-                    topic, value=record.value, key=record.key, headers=headers, on_delivery=self._on_delivery
-                )
-                break
-            except BufferError:  # the local queue is full: wait for deliveries
-                self._producer.poll(0.05)
+        produce_waiting(self._producer, topic, record.value, record.key, headers, self._on_delivery)
         self._producer.poll(0)
 
     def close(self, timeout: float = 60.0) -> None:

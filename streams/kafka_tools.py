@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import orjson
 from confluent_kafka import Consumer, KafkaException
 
-from streams.producer import new_producer
+from streams.producer import new_producer, produce_waiting
 
 
 def iter_json_lines(stream: TextIO) -> Iterator[tuple[bytes, bytes | None]]:
@@ -50,12 +50,7 @@ def produce_all(
             failed += 1
 
     for n, (value, key) in enumerate(items, 1):
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, value, key, headers, on_delivery)
         producer.poll(0)
         if on_progress is not None and n % 1000 == 0:
             on_progress(n)

@@ -38,7 +38,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from engine.errors import OutputRejected
 from engine.records import OutRecord
-from streams.producer import new_producer
+from streams.producer import Headers, new_producer, produce_waiting_async
 
 log = logging.getLogger(__name__)
 
@@ -156,27 +156,19 @@ class KafkaSink:
     async def _produce_all(self, records: Sequence[OutRecord], delivery: _Delivery) -> None:
         if self._outstanding <= 0:  # idle time before this is no stall
             self._last_answer = time.monotonic()
-        produce = self._producer.produce
+        producer = self._producer
         on_delivery = delivery.on_delivery
         for record in records:
-            while True:
-                try:
-                    produce(
-                        record.topic,
-                        value=record.value,
-                        key=record.key,
-                        headers=list(record.headers) if record.headers else None,
-                        on_delivery=on_delivery,
-                    )
-                    self._outstanding += 1
-                    break
-                except BufferError:
-                    self._producer.poll(0)
-                    await asyncio.sleep(0.005)  # local queue full: let deliveries drain
-                except Exception as exc:  # refused before it was queued: a failed delivery
-                    self._outstanding += 1
-                    delivery.answer(_kafka_error(exc), record)
-                    break
+            headers: Headers = list(record.headers) if record.headers else None
+            try:  # a full local queue is waited out (deliveries served meanwhile)
+                await produce_waiting_async(
+                    producer, record.topic, record.value, record.key, headers, on_delivery
+                )
+            except Exception as exc:  # refused before it was queued: a failed delivery
+                self._outstanding += 1
+                delivery.answer(_kafka_error(exc), record)
+                continue
+            self._outstanding += 1
         self._wake.set()
 
     def answered(self, n: int) -> None:
