@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tritonclient.grpc as grpcclient
 from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
 
 from engine.errors import EngineError
 from engine.settings import TritonSettings
+from inference.client import triton_client
 from inference.repository import (
     CONFIG_FILE,
     RepositoryError,
@@ -58,13 +58,7 @@ class ModelControl:
         self.repository = Path(repository)
         self.url = triton.url
         self._timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(
-            url=triton.url,
-            ssl=triton.ssl,
-            root_certificates=_str(triton.root_certificates),
-            private_key=_str(triton.private_key),
-            certificate_chain=_str(triton.certificate_chain),
-        )
+        self._client = triton_client(triton, aio=False)
 
     def close(self) -> None:
         """Close the gRPC channel."""
@@ -141,7 +135,3 @@ class ModelControl:
             raise ModelControlError(f"{name!r}: versions {missing} not READY after load (serving {after})")
         write_version_policy(model_dir, versions)
         return Switch(name, tuple(before), tuple(after), seconds)
-
-
-def _str(path: Path | None) -> str | None:
-    return str(path) if path is not None else None

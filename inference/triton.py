@@ -20,6 +20,7 @@ from engine.errors import (
 from engine.modelspec import WIRE_DTYPES, ModelSpec, spec_from_config
 from engine.records import InferenceResult
 from engine.settings import TritonSettings
+from inference.client import triton_client
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,7 @@ class TritonBackend:
 
     def __init__(self, settings: TritonSettings) -> None:
         self._settings = settings
-        self._client = grpcclient.InferenceServerClient(
-            url=settings.url,
-            ssl=settings.ssl,
-            root_certificates=_path(settings.root_certificates),
-            private_key=_path(settings.private_key),
-            certificate_chain=_path(settings.certificate_chain),
-            channel_args=CHANNEL_ARGS,
-        )
+        self._client = triton_client(settings, aio=True, channel_args=CHANNEL_ARGS)
 
     async def infer(
         self,
@@ -143,7 +137,3 @@ class TritonBackend:
     async def close(self) -> None:
         """Close the gRPC channel."""
         await self._client.close()
-
-
-def _path(path: Any) -> str | None:
-    return str(path) if path is not None else None
