@@ -17,6 +17,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from engine.backoff import next_delay
 from engine.clock import Clock
 from engine.errors import FatalError, RetryableError
 from engine.settings import RetrySettings
@@ -92,7 +93,8 @@ class CircuitBreaker:
         self._failures += 1
         self._probing = False
         if self._state is CircuitState.HALF_OPEN:
-            self._open_for = min(self._open_for * self._settings.multiplier, self._settings.max_backoff_s)
+            retry = self._settings
+            self._open_for = next_delay(self._open_for, retry.multiplier, retry.max_backoff_s)
             self._open()
         elif self._state is CircuitState.CLOSED and self._failures >= self._settings.failure_threshold:
             self._open()
@@ -137,7 +139,7 @@ class Retrier:
                 if self._on_retry is not None:
                     self._on_retry(err)
                 await self._clock.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * self._settings.multiplier, self._settings.max_backoff_s)
+                delay = next_delay(delay, self._settings.multiplier, self._settings.max_backoff_s)
                 continue
             except FatalError:
                 self._breaker.success()  # the server answered: it is reachable

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from engine.backoff import delay_after
+
 log = logging.getLogger(__name__)
 
 
@@ -127,7 +129,7 @@ class RestartPolicy:
 
     def backoff(self, streak: int) -> float:
         """Delay before the restart that follows ``streak`` earlier restarts in a row."""
-        return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier**streak)
+        return delay_after(streak, self.initial_backoff_s, self.multiplier, self.max_backoff_s)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 import orjson
 from confluent_kafka import Consumer, KafkaException
 
+from engine.backoff import next_delay
 from streams.producer import new_producer, produce_waiting
 
 
@@ -157,7 +158,7 @@ def wait_for_kafka(
                     pause,
                 )
                 sleep(pause)
-                pause = min(pause * 2, max_pause_s)
+                pause = next_delay(pause, 2, max_pause_s)
     finally:
         client_log.removeHandler(errors)
     if failures:
