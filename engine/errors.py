@@ -10,6 +10,15 @@ Whether a failure is retried or dead-lettered is decided by its class:
   DLQ (see :class:`engine.records.DeadLetter`).
 * :class:`OutputRejected` - Kafka refuses an output for good (too large, not
   authorised, unknown topic); retried a few times, then the worker stops.
+* :class:`ConfigError` - the settings, a model's config or the installed
+  libraries are wrong: an operator's problem, neither retried nor dead-lettered.
+
+Whether an error is retried (its class), the dead-letter ``reason`` and the
+metrics label ``code`` are class attributes; a Triton error's ``code`` (its gRPC
+status) is given to the constructor. Adapters wrap the exceptions of their
+libraries (tritonclient, confluent-kafka) into subclasses of :class:`EngineError`
+at their boundary; per-area subclasses live beside them (e.g.
+``streams.admin.KafkaAdminError``, ``inference.model_control.ModelControlError``).
 """
 
 from __future__ import annotations
@@ -33,6 +42,13 @@ class Reason(str, Enum):
 
 class EngineError(Exception):
     """Base of every error the engine raises on purpose."""
+
+    code: str | None = None  # a bounded label for metrics (see error_code); None: the class name
+
+    def __init__(self, *args: object, code: str | None = None) -> None:
+        super().__init__(*args)
+        if code is not None:
+            self.code = code
 
 
 class RetryableError(EngineError):
@@ -59,10 +75,6 @@ class TritonUnavailable(RetryableError):
     """Triton is unreachable, overloaded or timed out."""
 
 
-class CircuitOpen(RetryableError):
-    """The circuit breaker is open: calls are not attempted for a while."""
-
-
 class EventError(EngineError):
     """One event is invalid; carries its reason code."""
 
@@ -76,11 +88,12 @@ class OutputRejected(EngineError):
     """Kafka refused outputs with an error that retrying cannot fix (streams/sink.py)."""
 
 
-class ConfigError(FatalError):
-    """The settings or the model repository are invalid."""
+class ConfigError(EngineError):
+    """The settings, a model's config or the model repository are invalid, or an installed library
+    lacks what the engine needs: nothing to retry, no event to blame."""
 
 
 def error_code(err: BaseException) -> str:
-    """A bounded label for an error: its gRPC code, else its class name."""
-    code = getattr(err, "code", None)
-    return str(code) if isinstance(code, str) else type(err).__name__
+    """A bounded label for an error: its ``code`` (a Triton error's gRPC status), else its class name."""
+    code = err.code if isinstance(err, EngineError) else None
+    return code if isinstance(code, str) else type(err).__name__

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
+from engine.errors import ConfigError
 from engine.settings import ArmSettings, RouteTarget, RoutingSettings, Settings
 
 _SCALE = float(1 << 64)
@@ -52,10 +53,10 @@ class _Experiment:
     @classmethod
     def build(cls, name: str, arms: Sequence[ArmSettings]) -> _Experiment:
         if not arms:
-            raise ValueError(f"experiment {name!r} has no arms")
+            raise ConfigError(f"experiment {name!r} has no arms")
         names = [a.name for a in arms]
         if len(set(names)) != len(names):
-            raise ValueError(f"experiment {name!r}: arm names must be unique, got {names}")
+            raise ConfigError(f"experiment {name!r}: arm names must be unique, got {names}")
         total = sum(a.weight for a in arms)
         bounds = tuple(c / total for c in accumulate(a.weight for a in arms))
         return cls(name, tuple(arms), bounds)

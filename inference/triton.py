@@ -55,16 +55,13 @@ def status_code(err: InferenceServerException) -> str:
 
 def classify(err: InferenceServerException, model: str) -> RetryableError | FatalError:
     """Map a tritonclient error to the engine's hierarchy by its status code."""
-    code = status_code(err)
-    text = f"{code or 'CLIENT'}: {err.message()}"
+    code = status_code(err) or "CLIENT"
+    text = f"{code}: {err.message()}"
     if code in RETRYABLE_CODES:
-        exc: RetryableError | FatalError = TritonUnavailable(text)
-    elif code in NOT_FOUND_CODES:
-        exc = ModelNotFound(f"model {model!r}: {text}")
-    else:
-        exc = InferenceFailed(text)
-    exc.code = code or "CLIENT"  # type: ignore[union-attr]
-    return exc
+        return TritonUnavailable(text, code=code)
+    if code in NOT_FOUND_CODES:
+        return ModelNotFound(f"model {model!r}: {text}", code=code)
+    return InferenceFailed(text, code=code)
 
 
 class TritonBackend:

@@ -4,7 +4,8 @@ Expected: a port in use (:class:`~ops.stack.StackError`), a missing binary,
 Java or a server that would not start (:class:`~ops.embedded.EmbeddedServerError`),
 a broker that does not answer or refuses a topic (:class:`~streams.admin.KafkaAdminError`),
 invalid settings (pydantic ``ValidationError`` of a ``*Settings`` model) and Kafka refusing a request
-(``KafkaException``, e.g. ``sie replay`` of a DLQ topic that does not exist). Any
+(:class:`~streams.kafka_tools.KafkaToolError`, e.g. ``sie replay`` of a DLQ topic that does not
+exist, or a ``KafkaException`` of confluent-kafka used directly by ``ops/``). Any
 other exception is a bug and keeps its traceback; so do expected ones with the
 global ``--debug`` flag.
 """
@@ -30,10 +31,12 @@ def is_expected(exc: BaseException) -> bool:
     from ops.embedded.process import EmbeddedServerError
     from ops.stack import StackError
     from streams.admin import KafkaAdminError
+    from streams.kafka_tools import KafkaToolError
 
     if isinstance(exc, ValidationError):  # of the settings; other models' are bugs
         return exc.title.endswith("Settings")
-    return isinstance(exc, (StackError, EmbeddedServerError, KafkaAdminError, KafkaException))
+    expected = (StackError, EmbeddedServerError, KafkaAdminError, KafkaToolError, KafkaException)
+    return isinstance(exc, expected)
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str | None:

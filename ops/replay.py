@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from engine.dlq import (
     MESSAGE_HEADER,
@@ -32,6 +32,7 @@ from engine.dlq import (
     SOURCE_PARTITION_HEADER,
     SOURCE_TOPIC_HEADER,
 )
+from streams.kafka_tools import KafkaToolError
 from streams.producer import new_producer, produce_waiting
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def end_offsets(consumer: Consumer, dlq_topic: str, timeout: float = 30.0) -> di
     metadata = consumer.list_topics(dlq_topic, timeout=timeout)
     topic_meta = metadata.topics.get(dlq_topic)
     if topic_meta is None or topic_meta.error is not None:
-        raise KafkaException(f"topic {dlq_topic!r} not found")
+        raise KafkaToolError(f"topic {dlq_topic!r} not found")
     ends = {}
     for p in sorted(topic_meta.partitions):
         low, high = consumer.get_watermark_offsets(TopicPartition(dlq_topic, p), timeout=timeout)
@@ -218,7 +219,7 @@ class Publisher:
     def close(self, timeout: float = 60.0) -> None:
         """Wait for every delivery; raises if any failed or is still pending."""
         if self._producer.flush(timeout) or self._errors:
-            raise KafkaException(f"replay not acknowledged by the broker: {self._errors[:3]}")
+            raise KafkaToolError(f"replay not acknowledged by the broker: {self._errors[:3]}")
 
 
 def replay(

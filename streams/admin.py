@@ -65,7 +65,11 @@ def create_topics(
     """Create ``{name: partitions}`` (existing ones are fine) and wait for metadata."""
     admin = admin_client(bootstrap, client_config)
     new = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
-    for name, future in admin.create_topics(new, request_timeout=timeout).items():
+    try:
+        futures = admin.create_topics(new, request_timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaAdminError(f"cannot create topics {sorted(topics)}: {exc}") from exc
+    for name, future in futures.items():
         try:
             future.result(timeout=timeout)
         except KafkaException as exc:
@@ -73,7 +77,10 @@ def create_topics(
                 raise KafkaAdminError(f"cannot create topic {name!r}: {exc}") from exc
     deadline = time.monotonic() + timeout
     while True:
-        metadata = admin.list_topics(timeout=max(0.5, deadline - time.monotonic()))
+        try:
+            metadata = admin.list_topics(timeout=max(0.5, deadline - time.monotonic()))
+        except KafkaException as exc:
+            raise KafkaAdminError(f"topics {sorted(topics)} not visible: {exc}") from exc
         missing = [t for t in topics if t not in metadata.topics or metadata.topics[t].error]
         if not missing:
             return
@@ -96,7 +103,10 @@ def upsert_scram_user(
     info = ScramCredentialInfo(kind[mechanism], _SCRAM_ITERATIONS)
     change = UserScramCredentialUpsertion(username, info, password.encode())
     admin = admin_client(bootstrap, client_config)  # kept alive until the futures resolve
-    futures = admin.alter_user_scram_credentials([change], request_timeout=timeout)
+    try:
+        futures = admin.alter_user_scram_credentials([change], request_timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaAdminError(f"cannot create SCRAM user {username!r}: {exc}") from exc
     for user, future in futures.items():
         try:
             future.result(timeout=timeout)

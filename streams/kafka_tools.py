@@ -1,4 +1,8 @@
-"""Small Kafka tools behind ``sie produce`` and ``sie tail`` (confluent-kafka)."""
+"""Small Kafka tools behind ``sie produce`` and ``sie tail`` (confluent-kafka).
+
+Their failures (records not acknowledged, a consumer error, a client configuration librdkafka
+refuses) are raised as :class:`KafkaToolError`, never as confluent-kafka's ``KafkaException``.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,28 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import orjson
 from confluent_kafka import Consumer, KafkaException
 
 from engine.backoff import next_delay
+from engine.errors import EngineError
 from streams.producer import new_producer, produce_waiting
+
+
+class KafkaToolError(EngineError):
+    """A Kafka tool failed: records not acknowledged, a consumer error, a client config refused."""
+
+
+@contextmanager
+def _kafka_errors(what: str) -> Iterator[None]:
+    """Raise confluent-kafka's ``KafkaException`` out of the block as :class:`KafkaToolError`."""
+    try:
+        yield
+    except KafkaException as exc:
+        raise KafkaToolError(f"{what}: {exc}") from exc
 
 
 def iter_json_lines(stream: TextIO) -> Iterator[tuple[bytes, bytes | None]]:
@@ -40,7 +59,8 @@ def produce_all(
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
     """Produce every (value, key); returns how many were acknowledged."""
-    producer = new_producer(config, overrides={"linger.ms": 5, "acks": "all"})
+    with _kafka_errors("Kafka producer not created"):
+        producer = new_producer(config, overrides={"linger.ms": 5, "acks": "all"})
     acked = failed = 0
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -57,7 +77,7 @@ def produce_all(
             on_progress(n)
     producer.flush(30)
     if failed:
-        raise KafkaException(f"{failed} records were not delivered to {topic!r}")
+        raise KafkaToolError(f"{failed} records were not delivered to {topic!r}")
     return acked
 
 
@@ -70,16 +90,17 @@ def consume(
     idle_timeout: float | None = None,
 ) -> Iterator[Any]:
     """Yield confluent-kafka messages of ``topic`` until ``idle_timeout`` passes with none."""
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": group or f"sie-tail-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-        }
-    )
-    consumer.subscribe([topic])
+    with _kafka_errors(f"cannot read {topic!r}"):
+        consumer = Consumer(
+            {
+                **config,
+                "group.id": group or f"sie-tail-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest" if from_beginning else "latest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+            }
+        )
+        consumer.subscribe([topic])
     last = time.monotonic()
     try:
         while idle_timeout is None or time.monotonic() - last < idle_timeout:
@@ -87,7 +108,7 @@ def consume(
             if msg is None:
                 continue
             if msg.error():
-                raise KafkaException(msg.error())
+                raise KafkaToolError(str(msg.error()))
             last = time.monotonic()
             yield msg
     finally:
@@ -139,7 +160,8 @@ def wait_for_kafka(
     errors = _LastClientError()
     client_log.addHandler(errors)
     conf: dict[str, Any] = {**config, "logger": client_log}
-    admin = AdminClient(conf)
+    with _kafka_errors("Kafka admin client not created"):
+        admin = AdminClient(conf)
     failures, pause = 0, 0.5
     try:
         while True:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from engine.codec import DecodeContext, decode
-from engine.errors import InferenceFailed, Reason
+from engine.errors import ConfigError, InferenceFailed, Reason
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion, DeadLetter, Event, InferenceResult
 from engine.retry import CircuitBreaker, Retrier
@@ -91,7 +91,7 @@ def test_an_experiment_can_be_a_virtual_model_name() -> None:
     [{"m": []}, {"m": [{"name": "a", "model": "m"}, {"name": "a", "model": "n"}]}],
 )
 def test_invalid_experiments_are_refused(experiments: dict) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         router(experiments=experiments)
 
 
