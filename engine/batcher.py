@@ -89,14 +89,14 @@ class MicroBatcher:
                 batch.timer = self._clock.call_later(self._max_delay, lambda: self._expire(key, batch))
         batch.events.append(event)
         if len(batch.events) >= self.limit_for(event.model) or self._max_delay <= 0:
-            self.flush(key)
+            self.flush_batch(key)
 
     def add_all(self, events: Iterable[Event]) -> None:
         """Add events in order."""
         for event in events:
             self.add(event)
 
-    def flush(self, key: BatchKey) -> None:
+    def flush_batch(self, key: BatchKey) -> None:
         """Close and emit the open batch of ``key`` (a :func:`batch_key`), if any."""
         batch = self._open.pop(key, None)
         if batch is None:
@@ -110,8 +110,8 @@ class MicroBatcher:
     def flush_all(self) -> None:
         """Emit every open batch, oldest first."""
         for key in sorted(self._open, key=lambda k: self._open[k].opened_at):
-            self.flush(key)
+            self.flush_batch(key)
 
     def _expire(self, key: BatchKey, batch: _Open) -> None:
         if self._open.get(key) is batch:
-            self.flush(key)
+            self.flush_batch(key)

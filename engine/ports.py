@@ -2,10 +2,10 @@
 
 The core (``engine/``) depends only on these; the adapters implement them:
 
-* :class:`InferenceBackend`: ``inference.triton.TritonBackend`` (and
-  ``inference.identity.IdentityBackend``);
+* :class:`InferenceBackend`: ``inference.triton.TritonBackend`` (and, for the benchmark's
+  pass-through bound, ``inference.passthrough_backend.PassThroughBackend``);
 * :class:`Sink`: ``streams.sink.KafkaSink``;
-* :class:`ModelHooks`: ``models.lifecycle.ModelObserver`` (:data:`NO_MODEL_HOOKS` by default);
+* :class:`ModelHooks`: ``models.hooks.ModelObserver`` (:data:`NO_MODEL_HOOKS` by default);
 * :class:`PipelineTracing`: ``observability.tracing.OtelTracing`` (:data:`NO_TRACING` by default);
 * :class:`PipelineMetrics`: ``observability.metrics.EngineMetrics``, with
   :data:`ObserveMany` (``observability.metrics.observe_many``; :func:`observe_each` by default).

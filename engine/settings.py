@@ -78,7 +78,7 @@ class TritonSettings(BaseModel):
     http_url: str = "127.0.0.1:8000"
     default_model: str = "breast_cancer"
     request_timeout_s: float = Field(10.0, gt=0)
-    identity: bool = False  # benchmark only: skip inference (inference/identity.py)
+    identity: bool = False  # benchmark only: skip inference (inference/passthrough_backend.py)
     ssl: bool = False
     root_certificates: Path | None = None
     private_key: Path | None = None

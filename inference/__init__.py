@@ -1,2 +1,2 @@
 """The Triton adapter: the gRPC client (engine.ports.InferenceBackend), model control, the model
-repository layout and version policies, and the identity backend of the benchmarks."""
+repository layout and version policies, and the pass-through backend of the benchmarks."""

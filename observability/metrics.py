@@ -128,7 +128,7 @@ def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> Engin
 
 @dataclass(frozen=True)
 class ModelMetrics:
-    """Metrics of A/B routing, shadow models and drift (models/lifecycle.py, models/drift.py)."""
+    """Metrics of A/B routing, shadow models and drift (models/hooks.py, models/drift.py)."""
 
     ab_predictions: Counter
     shadow_predictions: Counter

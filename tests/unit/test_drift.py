@@ -15,7 +15,7 @@ from engine.settings import DriftSettings
 from model_repository import train
 from model_repository.numpy_reference import load_reference
 from models.drift import DRIFT_THRESHOLD, Bins, DriftMonitor, Reference, Window, load_references, psi
-from models.lifecycle import ModelObserver, ServedVersions
+from models.hooks import ModelObserver, ServedVersions
 from observability.metrics import create_metrics, create_model_metrics
 from ops.eventgen import generate, load_profiles
 

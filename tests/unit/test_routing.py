@@ -27,7 +27,7 @@ from engine.settings import (
     Settings,
     TopicSettings,
 )
-from models.lifecycle import ModelObserver, ServedVersions
+from models.hooks import ModelObserver, ServedVersions
 from models.shadow import ShadowRunner
 from observability.metrics import create_metrics, create_model_metrics
 from tests.unit.fakes import FakeBackend, FakeSink, raw, spec
