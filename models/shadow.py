@@ -15,37 +15,23 @@ never waits for, retries or counts on a shadow:
   path alone. A shadow prediction can therefore be lost (worker crash,
   shadow topic missing) - shadows are for comparison, not for delivery.
 
-Outcomes are counted in ``sie_shadow_predictions_total{model, outcome}``.
+Outcomes are counted in ``sie_shadow_predictions_total{model, outcome}``. Shadow predictions are
+encoded by the core, beside predictions (:mod:`engine.prediction_json`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-
-import numpy as np
-import orjson
 
 from engine.ports import InferenceBackend, Sink
-from engine.records import Batch, Event, InferenceResult, OutRecord
+from engine.prediction_json import encode_shadow_prediction
+from engine.records import Batch, OutRecord
 from engine.routing import Router
 from engine.settings import RouteTarget
 from observability.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
-
-
-def encode_shadow(event: Event, result: InferenceResult, outputs: Mapping[str, np.ndarray]) -> bytes:
-    """A shadow prediction: like a prediction, plus ``shadow_of`` (the model that served the event)."""
-    doc = {
-        "id": event.id,
-        "model": result.model,
-        "model_version": result.model_version,
-        "shadow_of": event.model,
-        "outputs": outputs,
-    }
-    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class ShadowRunner:
@@ -94,7 +80,9 @@ class ShadowRunner:
                 OutRecord(
                     topic=self._topic,
                     key=event.record.key,
-                    value=encode_shadow(event, result, {n: a[i] for n, a in result.outputs.items()}),
+                    value=encode_shadow_prediction(
+                        event, result, {n: a[i] for n, a in result.outputs.items()}
+                    ),
                     headers=(),
                 )
                 for i, event in enumerate(batch.events)
