@@ -86,6 +86,11 @@ class _NoModelHooks:
 NO_MODEL_HOOKS: ModelHooks = _NoModelHooks()
 
 
+# The W3C trace-context headers: an output record keeps its input's (engine/outcomes.py), and a
+# PipelineTracing's ``outgoing`` replaces them with the event span's (observability/tracing.py).
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+
+
 class PipelineTracing(Protocol):
     """The pipeline's tracing hooks (see observability/tracing.py)."""
 

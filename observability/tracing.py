@@ -41,12 +41,12 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from engine.ports import TRACE_HEADERS
 from engine.records import Batch, Headers, OutRecord, RawRecord
 from engine.safe_text import shown
 
 log = logging.getLogger(__name__)
 
-TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 INSTRUMENTATION = "sie.engine"
 _PROPAGATOR = TraceContextTextMapPropagator()
 MAX_TRACEPARENT_CHARS = 512  # version 00 is 55; later versions may append fields
