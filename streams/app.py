@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -28,7 +28,7 @@ from faust.types import TP
 from engine.records import Completion, RawRecord, SourceRef
 from engine.routing import input_topics
 from engine.settings import KafkaSettings, Settings
-from streams.transport import BatchHandler, EngineApp, FetchedBatch
+from streams.transport import BatchHandler, DeliveryConsumer, EngineApp, EngineConsumer, FetchedBatch
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,27 @@ def to_raw(records: Sequence[Any], completion: Completion, now: float) -> list[R
     """Pipeline records for aiokafka ``ConsumerRecord`` values sharing one completion."""
     out = []
     for r in records:
-        headers = tuple((str(k), bytes(v or b"")) for k, v in r.headers) if r.headers else ()
+        headers = _headers(r.headers) if r.headers else ()
         stamp = r.timestamp if r.timestamp and r.timestamp > 0 else None
         source = SourceRef(r.topic, r.partition, r.offset, stamp)
         out.append(RawRecord(r.key, r.value, headers, source, now, completion))
     return out
 
 
-def batch_handler(app: EngineApp, get_submit: Callable[[], Awaitable[Submit]], chunk: int) -> BatchHandler:
-    """The handler :class:`EngineApp`'s consumer calls with each fetched batch.
+def _headers(raw: Sequence[tuple[Any, Any]]) -> tuple[tuple[str, bytes], ...]:
+    """aiokafka's headers as ``((str, bytes), ...)``; a null value becomes ``b""``."""
+    headers = tuple(raw)
+    for k, v in headers:  # aiokafka gives (str, bytes) pairs; convert only when one is not
+        if type(v) is not bytes or type(k) is not str:
+            return tuple((str(k), bytes(v or b"")) for k, v in headers)
+    return headers
+
+
+def batch_handler(
+    consumer_of: Callable[[], DeliveryConsumer], get_submit: Callable[[], Awaitable[Submit]], chunk: int
+) -> BatchHandler:
+    """The handler :class:`EngineApp`'s consumer (``consumer_of()``, read at each batch: Faust
+    creates it when the app starts) calls with each fetched batch.
 
     The batch goes to the pipeline in chunks of at most ``chunk`` records, so
     the pipeline's backpressure (``submit`` waits while it is full) bounds what
@@ -105,7 +117,7 @@ def batch_handler(app: EngineApp, get_submit: Callable[[], Awaitable[Submit]], c
 
     async def handle(batch: FetchedBatch) -> None:
         submit = await get_submit()
-        consumer: Any = app.consumer
+        consumer = consumer_of()
         now = time.monotonic()
         for part in chunked(batch, chunk):
             records: list[RawRecord] = []
@@ -153,7 +165,9 @@ def add_batch_consumer(
     """
     topics = input_topics(settings)  # the events topic, then routing.topic_models' topics
     app.topics.add(app.topic(*topics, key_type=bytes, value_type=bytes, internal=False))
-    app.batch_handler = batch_handler(app, get_submit, max(settings.batch.max_size, 1))
+    app.batch_handler = batch_handler(
+        lambda: cast(EngineConsumer, app.consumer), get_submit, max(settings.batch.max_size, 1)
+    )
 
     async def build_pipeline() -> None:
         await get_submit()

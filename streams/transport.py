@@ -32,7 +32,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib.metadata import version
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Protocol, cast
 
 import aiokafka
 import faust
@@ -48,6 +48,30 @@ from engine.settings import KafkaSettings
 # One fetched batch: per partition, aiokafka's ConsumerRecords in offset order.
 FetchedBatch = Sequence[tuple[TP, Sequence[Any]]]
 BatchHandler = Callable[[FetchedBatch], Awaitable[None]]
+
+
+class DeliveryConsumer(Protocol):
+    """The consumer as batch delivery (streams/app.py) sees it: :class:`EngineConsumer`, or a fake
+    in unit tests."""
+
+    def hand_out(self, n: int) -> None:
+        """``n`` records go to the batch handler now."""
+
+    def ack_offsets(self, tp: TP, offsets: Iterable[int]) -> None:
+        """Records handed out are done: their offsets may be committed."""
+
+
+async def note_gaps(
+    add_gap: Callable[[TP, int, int], Awaitable[None]], tp: TP, read: int | None, records: Sequence[Any]
+) -> None:
+    """Offsets the broker skipped (compaction, transaction markers) count as done, or the committed
+    offset could never pass them: ``add_gap(tp, first, last)`` (both ends included) for each hole
+    between ``read`` (the last offset read before, None: nothing yet) and ``records``."""
+    previous = read
+    for r in records:
+        if previous is not None and r.offset - previous > 1:
+            await add_gap(tp, previous + 1, r.offset - 1)
+        previous = r.offset
 
 
 # The private parts of faust-streaming and aiokafka this module relies on (pinned in pyproject.toml):
@@ -95,11 +119,15 @@ def _assigned_in(cls: type, name: str) -> bool:
 def missing_internals() -> list[str]:
     """The private names of faust-streaming and aiokafka this module needs and cannot find."""
     missing = [
-        f"{where}.{name}" for where, (cls, names) in PRIVATE_METHODS.items() for name in names
+        f"{where}.{name}"
+        for where, (cls, names) in PRIVATE_METHODS.items()
+        for name in names
         if not callable(getattr(cls, name, None))
     ]
     missing += [
-        f"{where}.{name}" for where, (cls, names) in PRIVATE_ATTRIBUTES.items() for name in names
+        f"{where}.{name}"
+        for where, (cls, names) in PRIVATE_ATTRIBUTES.items()
+        for name in names
         if not _assigned_in(cls, name)
     ]
     return missing
@@ -174,21 +202,12 @@ class EngineConsumer(faust_aiokafka.Consumer):
             if not fresh:
                 continue
             if self.app.topics.acks_enabled_for(tp.topic):
-                await self._note_gaps(tp, read, fresh)
+                await note_gaps(self._add_gap, tp, read, fresh)
             self._read_offset[tp] = fresh[-1].offset
             monitor.track_tp_end_offset(tp, self.highwater(tp))
             monitor.stream_inbound_time[tp] = now  # Faust's watchdog: this partition is processed
             batch.append((tp, fresh))
         return batch
-
-    async def _note_gaps(self, tp: TP, read: int | None, records: Sequence[Any]) -> None:
-        """Offsets the broker skipped (compaction, transaction markers) count as done, or the
-        committed offset could never pass them."""
-        previous = read
-        for r in records:
-            if previous is not None and r.offset - previous > 1:
-                await self._add_gap(tp, previous + 1, r.offset - 1)  # both ends included
-            previous = r.offset
 
     def hand_out(self, n: int) -> None:
         """``n`` records go to the batch handler now; each is acked by :meth:`ack_offsets` later."""

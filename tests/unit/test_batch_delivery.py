@@ -1,9 +1,10 @@
-"""Batch delivery from Faust's consumer to the pipeline (streams/app.py), without a broker."""
+"""Batch delivery from Faust's consumer to the pipeline (streams/app.py), without a broker: a fake
+consumer (streams.transport.DeliveryConsumer) instead of Faust's."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from faust.types import TP
 
 from engine.records import RawRecord
 from streams.app import batch_handler, chunked, to_raw
+from streams.transport import note_gaps
 
 
 @dataclass
@@ -28,20 +30,18 @@ class Rec:
 
 @dataclass
 class FakeConsumer:
+    """A streams.transport.DeliveryConsumer that records what is handed out and acked."""
+
     acked: list[tuple[TP, list[int]]] = field(default_factory=list)
     in_hand: int = 0
 
     def hand_out(self, n: int) -> None:
         self.in_hand += n
 
-    def ack_offsets(self, tp: TP, offsets: Sequence[int]) -> None:
-        self.acked.append((tp, list(offsets)))
-        self.in_hand -= len(offsets)
-
-
-@dataclass
-class FakeApp:
-    consumer: FakeConsumer = field(default_factory=FakeConsumer)
+    def ack_offsets(self, tp: TP, offsets: Iterable[int]) -> None:
+        done = list(offsets)
+        self.acked.append((tp, done))
+        self.in_hand -= len(done)
 
 
 def recs(tp: TP, start: int, n: int) -> list[Rec]:
@@ -57,9 +57,9 @@ async def test_a_fetched_batch_reaches_the_pipeline_in_chunks_of_the_batch_size(
     async def get_submit() -> Any:
         return submit
 
-    app = FakeApp()
+    consumer = FakeConsumer()
     a, b = TP("events", 0), TP("events", 1)
-    handle = batch_handler(app, get_submit, chunk=4)  # type: ignore[arg-type]
+    handle = batch_handler(lambda: consumer, get_submit, chunk=4)
     await handle([(a, recs(a, 10, 6)), (b, recs(b, 0, 3))])
     assert [len(c) for c in chunks] == [4, 4, 1]
     flat = [r.source for c in chunks for r in c]
@@ -79,15 +79,15 @@ async def test_a_partitions_offsets_are_acked_only_when_all_its_records_are_done
     async def get_submit() -> Any:
         return submit
 
-    app = FakeApp()
+    consumer = FakeConsumer()
     a, b = TP("events", 0), TP("events", 1)
-    await batch_handler(app, get_submit, chunk=100)([(a, recs(a, 5, 3)), (b, recs(b, 7, 2))])  # type: ignore[arg-type]
+    await batch_handler(lambda: consumer, get_submit, chunk=100)([(a, recs(a, 5, 3)), (b, recs(b, 7, 2))])
     by_partition = {p: [r for r in chunks if r.source.partition == p] for p in (0, 1)}
     for r in by_partition[0][:2] + by_partition[1]:
         r.completion.done()
-    assert app.consumer.acked == [(b, [7, 8])]  # partition 0 still has a record in flight
+    assert consumer.acked == [(b, [7, 8])]  # partition 0 still has a record in flight
     by_partition[0][2].completion.done()
-    assert app.consumer.acked == [(b, [7, 8]), (a, [5, 6, 7])]
+    assert consumer.acked == [(b, [7, 8]), (a, [5, 6, 7])]
 
 
 def test_to_raw_keeps_key_value_headers_and_timestamp() -> None:
@@ -118,30 +118,25 @@ def test_handler_waits_for_the_pipeline_before_the_first_chunk() -> None:
         order.append("built")
         return submit
 
-    app = FakeApp()
+    consumer = FakeConsumer()
     a = TP("events", 0)
-    asyncio.run(batch_handler(app, get_submit, chunk=8)([(a, recs(a, 0, 1))]))  # type: ignore[arg-type]
+    asyncio.run(batch_handler(lambda: consumer, get_submit, chunk=8)([(a, recs(a, 0, 1))]))  # type: ignore[arg-type]  # a coroutine, typed Awaitable
     assert order == ["built", "submit"]
 
 
 async def test_offsets_the_broker_skipped_are_noted_as_gaps_so_commits_can_pass_them() -> None:
-    from streams.transport import EngineConsumer
+    calls: list[tuple[int, int]] = []
 
-    class Gaps:
-        def __init__(self) -> None:
-            self.calls: list[tuple[int, int]] = []
-
-        async def _add_gap(self, tp: TP, first: int, last: int) -> None:
-            self.calls.append((first, last))
+    async def add_gap(tp: TP, first: int, last: int) -> None:
+        calls.append((first, last))
 
     tp = TP("events", 0)
-    gaps = Gaps()
     batch = [Rec("events", 0, o) for o in (10, 11, 14, 15, 17)]
-    await EngineConsumer._note_gaps(gaps, tp, 8, batch)  # type: ignore[arg-type]
-    assert gaps.calls == [(9, 9), (12, 13), (16, 16)]  # only the missing offsets, both ends included
-    gaps.calls.clear()
-    await EngineConsumer._note_gaps(gaps, tp, None, batch[:2])  # type: ignore[arg-type]
-    assert gaps.calls == []  # nothing read yet on this partition: no gap before the first record
+    await note_gaps(add_gap, tp, 8, batch)
+    assert calls == [(9, 9), (12, 13), (16, 16)]  # only the missing offsets, both ends included
+    calls.clear()
+    await note_gaps(add_gap, tp, None, batch[:2])
+    assert calls == []  # nothing read yet on this partition: no gap before the first record
 
 
 def test_chunks_keep_offset_order_and_split_a_partition_across_chunks() -> None:
@@ -167,18 +162,18 @@ async def test_a_handler_cancelled_mid_batch_hands_out_whole_chunks_and_acks_all
     async def get_submit() -> Any:
         return submit
 
-    app = FakeApp()
+    consumer = FakeConsumer()
     a, b = TP("events", 0), TP("events", 1)
-    handle = batch_handler(app, get_submit, chunk=4)  # type: ignore[arg-type]
+    handle = batch_handler(lambda: consumer, get_submit, chunk=4)
     task = asyncio.ensure_future(handle([(a, recs(a, 0, 6)), (b, recs(b, 0, 6))]))
     await asyncio.sleep(0.01)  # the first chunk is in, waiting for capacity
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert [r.source.offset for r in accepted] == [0, 1, 2, 3]
-    assert app.consumer.in_hand == 4  # only what reached the pipeline
+    assert consumer.in_hand == 4  # only what reached the pipeline
     for r in accepted:
         r.completion.done()
-    assert app.consumer.acked == [(a, [0, 1, 2, 3])] and app.consumer.in_hand == 0
+    assert consumer.acked == [(a, [0, 1, 2, 3])] and consumer.in_hand == 0
     capacity.set()
     await asyncio.sleep(0)
     assert len(accepted) == 4  # nothing more was handed out after the cancel
