@@ -4,18 +4,22 @@ The event contract (see README, "Event contract"):
 
 * input record: key at most ``limits.max_key_bytes``, at most
   ``limits.max_headers`` headers of ``limits.max_header_bytes`` in all;
-* input value: ``{"id": str, "model": str?, "inputs": {NAME: nested list}}``,
+* input value, chosen by the record's ``content-type`` header:
+  ``application/json`` (the default, also when the header is absent):
+  ``{"id": str, "model": str?, "inputs": {NAME: nested list}}``,
   or ``"features": [...]`` as shorthand for a model with one input; a field
-  set to ``null`` counts as absent;
+  set to ``null`` counts as absent. ``application/vnd.kserve.v2.binary``:
+  KServe v2's binary tensor layout (:mod:`engine.binary_codec`);
 * output value: ``{"id", "model", "model_version", "outputs", "timing_ms"}``,
-  plus ``"arm"`` when an A/B experiment routed the event (engine/routing.py).
+  plus ``"arm"`` when an A/B experiment routed the event (engine/routing.py);
+  binary for binary events (``topics.output_format``).
 
 Decoding never raises, whatever the record: it returns a :class:`DeadLetter`
 whose reason is one of :class:`engine.errors.Reason`, chosen by the check that
 failed (never by an exception's text). Text from the record that a message
 quotes is escaped and bounded (:mod:`engine.safe_text`). Payloads are only
-ever parsed as JSON - never evaluated or unpickled. Tensors are converted by
-:mod:`engine.dtypes`.
+ever parsed as JSON or read as raw numbers - never evaluated or unpickled.
+JSON tensors are converted by :mod:`engine.dtypes`.
 """
 
 from __future__ import annotations
@@ -29,34 +33,41 @@ from typing import Any
 import numpy as np
 import orjson
 
+from engine import binary_codec
 from engine.dtypes import json_kind, stacked, to_tensor
 from engine.errors import EventError, Reason
+from engine.event_checks import (
+    MAX_MESSAGE_CHARS,
+    SHOWN_NAME_CHARS,
+    DecodeContext,
+    check_envelope,
+    check_value_size,
+    event_id_of,
+    internal_letter,
+    letter,
+    route_of,
+)
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event, RawRecord
-from engine.routing import Route, Router
+from engine.routing import Route
 from engine.safe_text import cleaned, shown
 from engine.settings import LimitSettings
 
+__all__ = ["MAX_MESSAGE_CHARS", "DecodeContext", "decode", "decode_many", "encode_prediction"]
+
 log = logging.getLogger(__name__)
-
-MAX_MESSAGE_CHARS = 500  # of a dead letter's message
-_SHOWN_NAME_CHARS = 64  # of a model or input name quoted from an event
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeContext:
-    """What decoding needs: the served models and the limits."""
-
-    models: Mapping[str, ModelSpec]
-    default_model: str
-    limits: LimitSettings
-    router: Router | None = None  # None: the event's model, else default_model
 
 
 def decode(record: RawRecord, ctx: DecodeContext) -> Event | DeadLetter:
     """Turn one raw record into a valid event, or a dead letter with a reason."""
-    parsed = _parse_or_letter(record, ctx)
-    return parsed if isinstance(parsed, DeadLetter) else _one(parsed, ctx)
+    binary = binary_codec.is_binary(record)
+    if binary is None:
+        return binary_codec.content_type_letter(record)
+    if binary:
+        header = binary_codec.parse_binary(record, ctx)
+        return header if isinstance(header, DeadLetter) else binary_codec.convert_one(header, ctx)
+    parsed = _checked_json(record, ctx)
+    return parsed if isinstance(parsed, DeadLetter) else _converted_or_letter(parsed, ctx)
 
 
 def decode_many(records: Sequence[RawRecord], ctx: DecodeContext) -> list[Event | DeadLetter]:
@@ -72,20 +83,64 @@ def decode_many(records: Sequence[RawRecord], ctx: DecodeContext) -> list[Event 
     """
     out: list[Event | DeadLetter | None] = [None] * len(records)
     held = _Held(ctx, out)
+    tensors = _BinaryHeld(ctx, out)
     budget = ctx.limits.max_held_value_bytes
     for i, record in enumerate(records):
+        binary = binary_codec.is_binary(record) if record.headers else False
+        if binary:
+            tensors.add(i, record)
+            continue
+        if binary is None:
+            out[i] = binary_codec.content_type_letter(record)
+            continue
         size = len(record.value or b"")
         if held.bytes + size > budget:
             held.flush()
-        parsed = _parse_or_letter(record, ctx)
+        parsed = _checked_json(record, ctx)
         if isinstance(parsed, DeadLetter):
             out[i] = parsed
         elif parsed.scan or len(records) == 1 or size > budget:
-            out[i] = _one(parsed, ctx)
+            out[i] = _converted_or_letter(parsed, ctx)
         else:
             held.add(i, parsed, size)
     held.flush()
+    tensors.flush()
     return out  # type: ignore[return-value]  # every slot is filled
+
+
+@dataclass(slots=True)
+class _BinaryHeld:
+    """Binary events of a chunk whose headers list their model's inputs as expected, by model."""
+
+    ctx: DecodeContext
+    out: list[Event | DeadLetter | None]
+    groups: dict[str, list[tuple[int, binary_codec.BinaryParsed]]] = field(default_factory=dict)
+    expected: dict[str, list[dict[str, Any]] | None] = field(default_factory=dict)
+
+    def add(self, index: int, record: RawRecord) -> None:
+        """Read the header of ``record`` (at ``index``): hold it, or write its result at once."""
+        quick = binary_codec.quick_header(record, self.ctx)
+        if quick is not None and quick.inputs == self._expected(quick.spec):
+            self.groups.setdefault(quick.spec.name, []).append((index, quick))
+            return
+        parsed_or_letter = binary_codec.parse_binary(record, self.ctx)
+        if isinstance(parsed_or_letter, DeadLetter):
+            self.out[index] = parsed_or_letter
+        else:
+            self.out[index] = binary_codec.convert_one(parsed_or_letter, self.ctx)
+
+    def _expected(self, spec: ModelSpec) -> list[dict[str, Any]] | None:
+        if spec.name not in self.expected:
+            self.expected[spec.name] = binary_codec.expected_inputs(spec)
+        return self.expected[spec.name]
+
+    def flush(self) -> None:
+        """Convert every held group and write the results."""
+        for members in self.groups.values():
+            items = binary_codec.convert_together([p for _, p in members], self.ctx)
+            for (i, _), item in zip(members, items, strict=True):
+                self.out[i] = item
+        self.groups.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +185,7 @@ def _tensors_together(group: Sequence[_Parsed], ctx: DecodeContext) -> list[Even
     for t in spec.inputs:
         arr = _stacked_or_none(t, [p.raw_inputs[t.name] for p in group])
         if arr is None:
-            return [_one(p, ctx) for p in group]
+            return [_converted_or_letter(p, ctx) for p in group]
         columns[t.name] = arr
     return [
         Event(
@@ -153,43 +208,31 @@ def _stacked_or_none(spec: TensorSpec, values: list[Any]) -> np.ndarray | None:
         return None
 
 
-def _parse_or_letter(record: RawRecord, ctx: DecodeContext) -> _Parsed | DeadLetter:
+def _checked_json(record: RawRecord, ctx: DecodeContext) -> _Parsed | DeadLetter:
+    """A JSON event's fields checked (tensors still lists), or its dead letter. Never raises."""
     try:
-        return _parse(record, ctx)
+        return _parse_json(record, ctx)
     except EventError as err:
-        return _letter(record, err)
+        return letter(record, err)
     except Exception as err:  # no record may stop the worker
-        return _internal(record, err)
+        return internal_letter(record, err)
 
 
-def _one(p: _Parsed, ctx: DecodeContext) -> Event | DeadLetter:
+def _converted_or_letter(p: _Parsed, ctx: DecodeContext) -> Event | DeadLetter:
+    """A checked JSON event with its tensors converted one by one, or its dead letter. Never raises."""
     try:
-        return _event(p, ctx)
+        return _converted(p, ctx)
     except EventError as err:
-        return _letter(p.record, err)
+        return letter(p.record, err)
     except Exception as err:  # no record may stop the worker
-        return _internal(p.record, err)
+        return internal_letter(p.record, err)
 
 
-def _letter(record: RawRecord, err: EventError) -> DeadLetter:
-    return DeadLetter(record=record, reason=err.reason, message=cleaned(err.message, MAX_MESSAGE_CHARS))
-
-
-def _internal(record: RawRecord, err: Exception) -> DeadLetter:
-    """A dead letter for a failure the checks did not foresee (a bug): logged, never raised."""
-    src = record.source
-    what = type(err).__name__
-    log.error("decoding %s[%d]@%d failed unexpectedly (%s)", src.topic, src.partition, src.offset, what)
-    return DeadLetter(
-        record=record, reason=Reason.INVALID_EVENT, message=f"event could not be decoded ({what})"
-    )
-
-
-def _parse(record: RawRecord, ctx: DecodeContext) -> _Parsed:
-    _check_envelope(record, ctx.limits)
+def _parse_json(record: RawRecord, ctx: DecodeContext) -> _Parsed:
+    check_envelope(record, ctx.limits)
     doc = _document(record.value, ctx.limits)
-    event_id = _event_id(doc, ctx.limits)
-    spec, route = _model(doc, ctx, record, event_id)
+    event_id = event_id_of(doc, ctx.limits)
+    spec, route = route_of(doc, ctx, record, event_id)
     raw_inputs = _raw_inputs(doc, spec)
     # Cheap tests on the raw bytes decide whether the element-by-element scan is needed:
     # a JSON value of n bytes holds at most n elements, and one without the words true/false
@@ -199,32 +242,10 @@ def _parse(record: RawRecord, ctx: DecodeContext) -> _Parsed:
     return _Parsed(record, event_id, spec, route, raw_inputs, scan)
 
 
-def _check_envelope(record: RawRecord, limits: LimitSettings) -> None:
-    """The key and headers within their limits (checked before the value is looked at)."""
-    if record.key is not None and len(record.key) > limits.max_key_bytes:
-        raise EventError(
-            Reason.TOO_LARGE, f"key is {len(record.key)} bytes, over the limit of {limits.max_key_bytes}"
-        )
-    headers = record.headers
-    if len(headers) > limits.max_headers:
-        raise EventError(
-            Reason.TOO_LARGE, f"record has {len(headers)} headers, over the limit of {limits.max_headers}"
-        )
-    size = sum(len(k.encode("utf-8", "surrogatepass")) + len(v or b"") for k, v in headers)
-    if size > limits.max_header_bytes:
-        raise EventError(
-            Reason.TOO_LARGE,
-            f"headers hold {size} bytes (names and values), over the limit of {limits.max_header_bytes}",
-        )
-
-
 def _document(value: bytes | None, limits: LimitSettings) -> dict[str, Any]:
     if value is None:
         raise EventError(Reason.INVALID_JSON, "record has no value (tombstone)")
-    if len(value) > limits.max_message_bytes:
-        raise EventError(
-            Reason.TOO_LARGE, f"value is {len(value)} bytes, over the limit of {limits.max_message_bytes}"
-        )
+    check_value_size(value, limits)
     try:
         doc = _loads(value)
     except orjson.JSONDecodeError as err:
@@ -251,35 +272,6 @@ def _loads(value: bytes) -> Any:
         gc.enable()
 
 
-def _event_id(doc: dict[str, Any], limits: LimitSettings) -> str:
-    event_id = doc.get("id")
-    if event_id is None or event_id == "":
-        raise EventError(Reason.MISSING_ID, "'id' is missing: every event needs a non-empty string 'id'")
-    if not isinstance(event_id, str):
-        raise EventError(Reason.INVALID_EVENT, f"'id' must be a non-empty string, got {json_kind(event_id)}")
-    if len(event_id) > limits.max_id_length:
-        raise EventError(
-            Reason.TOO_LARGE, f"'id' is {len(event_id)} characters, over the limit of {limits.max_id_length}"
-        )
-    return event_id
-
-
-def _model(
-    doc: dict[str, Any], ctx: DecodeContext, record: RawRecord, event_id: str
-) -> tuple[ModelSpec, Route]:
-    name = doc.get("model")
-    if name is not None and not isinstance(name, str):
-        raise EventError(Reason.INVALID_EVENT, f"'model' must be a string, got {json_kind(name)}")
-    if ctx.router is not None:
-        route = ctx.router.route(record.source.topic, name, record.key or event_id.encode())
-    else:
-        route = Route(name if name is not None else ctx.default_model)
-    spec = ctx.models.get(route.model)
-    if spec is None:
-        raise EventError(Reason.UNKNOWN_MODEL, f"model {shown(route.model, _SHOWN_NAME_CHARS)} is not served")
-    return spec, route
-
-
 def _raw_inputs(doc: dict[str, Any], spec: ModelSpec) -> Mapping[str, Any]:
     inputs, features = doc.get("inputs"), doc.get("features")
     if inputs is not None and features is not None:
@@ -304,13 +296,13 @@ def _raw_inputs(doc: dict[str, Any], spec: ModelSpec) -> Mapping[str, Any]:
         raise EventError(Reason.MISSING_INPUT, f"inputs {missing} missing for {spec.name!r}")
     extra = sorted(inputs.keys() - expected)
     if extra:
-        names = ", ".join(shown(n, _SHOWN_NAME_CHARS // 2) for n in extra[:3])
+        names = ", ".join(shown(n, SHOWN_NAME_CHARS // 2) for n in extra[:3])
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
         raise EventError(Reason.INVALID_EVENT, f"unknown inputs {names}{more} for {spec.name!r}")
     return inputs
 
 
-def _event(p: _Parsed, ctx: DecodeContext) -> Event:
+def _converted(p: _Parsed, ctx: DecodeContext) -> Event:
     inputs = {t.name: to_tensor(p.raw_inputs[t.name], t, ctx.limits, p.scan) for t in p.spec.inputs}
     return Event(p.event_id, p.spec.name, inputs, p.record, version=p.route.version, arm=p.route.arm)
 

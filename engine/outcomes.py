@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.adaptive import AdaptiveBatching
+from engine.binary_codec import BinaryPredictions
 from engine.codec import encode_prediction
-from engine.dlq import dead_letter_record, fit_record, record_size
+from engine.dlq import HEADER_OVERHEAD, RECORD_OVERHEAD, dead_letter_record, fit_record, record_size
 from engine.errors import Reason
 from engine.ports import ObserveMany
 from engine.records import BatchOutcome, Completion, DeadLetter, Event, InferenceResult, OutRecord, RawRecord
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 PROPAGATED_HEADERS = frozenset({"traceparent", "tracestate"})
 _MAX_DESCRIPTION = 500
+_OWN_HEADERS_SLACK = 2048  # bytes of headers a prediction adds: content type, length, trace context
 
 
 def describe(err: BaseException) -> str:
@@ -70,7 +72,12 @@ class Outcomes:
         self._p = parts
         self._adaptive = adaptive
         self._on_failure = on_failure
-        self._max_bytes = parts.decode_ctx.limits.max_message_bytes
+        limits = parts.decode_ctx.limits
+        self._max_bytes = limits.max_message_bytes
+        # Key + value bytes below which a prediction fits whatever its headers: the input's headers
+        # passed their limits, and ours (content type, trace context) take less than the slack.
+        headers_bound = limits.max_header_bytes + limits.max_headers * HEADER_OVERHEAD + _OWN_HEADERS_SLACK
+        self._room = self._max_bytes - RECORD_OVERHEAD - headers_bound
         self.undelivered = 0  # records admitted, not yet acknowledged
         self.idle = asyncio.Event()
         self.idle.set()
@@ -120,9 +127,13 @@ class Outcomes:
         out: list[OutRecord] = []
         predicted: list[Event] = []
         dead: list[DeadLetter] = []
+        fmt = self._p.topics.output_format
+        wanted = fmt == "binary" or fmt == "auto" and any(e.binary for e in batch.events)
+        binary = _binary_encoder(result) if wanted else None
         for i, event in enumerate(batch.events):
             timing = {"queue": queue_list[i], "inference": inference_ms, "total": total_list[i]}
-            item = self._prediction(event, i, result, timing)
+            encoder = binary if binary is not None and (fmt == "binary" or event.binary) else None
+            item = self._prediction(event, i, result, timing, encoder)
             if isinstance(item, DeadLetter):
                 dead.append(item)
             else:
@@ -131,17 +142,31 @@ class Outcomes:
         return out, predicted, dead
 
     def _prediction(
-        self, event: Event, row: int, result: InferenceResult, timing: dict[str, float]
+        self,
+        event: Event,
+        row: int,
+        result: InferenceResult,
+        timing: dict[str, float],
+        binary: BinaryPredictions | Exception | None,
     ) -> OutRecord | DeadLetter:
+        """``binary``: the batch's binary encoder (or why it could not be built); None for JSON."""
         rec = event.record
         try:
-            outputs = {name: arr[row] for name, arr in result.outputs.items()}
-            value = encode_prediction(event, result.model_version, outputs, timing)
             headers = tuple((k, v) for k, v in rec.headers if k in PROPAGATED_HEADERS) if rec.headers else ()
+            if isinstance(binary, Exception):
+                raise binary
+            if binary is not None:
+                value, own = binary.encode(event, row, timing)
+                headers += own
+            else:
+                outputs = {name: arr[row] for name, arr in result.outputs.items()}
+                value = encode_prediction(event, result.model_version, outputs, timing)
             record = OutRecord(topic=self._p.topics.predictions, key=rec.key, value=value, headers=headers)
             record = self._p.tracing.outgoing(rec, record)
         except Exception as err:
             return DeadLetter(rec, Reason.INFERENCE_ERROR, f"prediction cannot be encoded: {describe(err)}")
+        if len(value) + len(rec.key or b"") <= self._room:  # surely fits: no need to add up headers
+            return record
         size = record_size(record)
         if size > self._max_bytes:
             message = f"prediction is {size} bytes, over the limit of {self._max_bytes}"
@@ -220,6 +245,14 @@ class Outcomes:
         self.undelivered += n
         self.idle.clear() if self.undelivered else self.idle.set()
         self._p.metrics.pending_events.set(self.undelivered)
+
+
+def _binary_encoder(result: InferenceResult) -> BinaryPredictions | Exception:
+    """The batch's binary encoder; the error instead, for each event's dead letter to quote."""
+    try:
+        return BinaryPredictions(result.model_version, result.outputs)
+    except Exception as err:
+        return err
 
 
 def _rows_problem(result: InferenceResult, events: int) -> str | None:

@@ -83,6 +83,7 @@ class Event:
     record: RawRecord
     version: str = ""  # pinned by routing ("" = the version Triton serves)
     arm: str = ""  # A/B arm chosen by routing, if any
+    binary: bool = False  # arrived as a binary tensor event (engine/binary_codec.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,8 @@ class TopicSettings(BaseModel):
     predictions: str = "predictions"
     dlq: str = "events.dlq"
     partitions: int = Field(4, gt=0)
+    # Format of predictions: "auto" answers binary tensor events in binary and JSON events in JSON.
+    output_format: Literal["auto", "json", "binary"] = "auto"
 
 
 class TritonSettings(BaseModel):
@@ -179,3 +181,5 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".sie")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     otlp_endpoint: str | None = None
+    # Share of events without a sampled/unsampled traceparent that get spans (head sampling).
+    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -64,6 +65,13 @@ def _logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
+class EventFormat(str, Enum):
+    """How events are written (engine/codec.py, engine/binary_codec.py)."""
+
+    json = "json"
+    binary = "binary"
+
+
 @app.command()
 def worker(
     bootstrap: Bootstrap = None,
@@ -77,8 +85,16 @@ def worker(
     max_delay_ms: Annotated[Optional[float], typer.Option(help="Micro-batch deadline.")] = None,
     max_in_flight: Annotated[Optional[int], typer.Option(help="Triton requests in flight.")] = None,
     metrics_port: Annotated[Optional[int], typer.Option(help="Port of /metrics, /healthz, /readyz.")] = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes in the one consumer group (one per core); each serves metrics on "
+            "its own port, counting up from --metrics-port.",
+        ),
+    ] = 1,
 ) -> None:
-    """Run one worker against the configured Kafka and Triton (production entry point)."""
+    """Run a worker against the configured Kafka and Triton (production entry point)."""
     from ops.worker import Worker
 
     settings = load_settings(
@@ -98,6 +114,10 @@ def worker(
     )
     _logging(settings.log_level)
     logging.getLogger(__name__).info("starting worker with %s", settings_line(settings))
+    if processes > 1:
+        from ops.processes import run_processes
+
+        raise typer.Exit(run_processes(settings, processes))
     Worker(settings).run()
 
 
@@ -106,14 +126,33 @@ def produce(
     file: Annotated[Optional[Path], typer.Argument(help="JSON-lines file; stdin when omitted.")] = None,
     topic: EventsTopic = None,
     bootstrap: Bootstrap = None,
+    event_format: Annotated[
+        EventFormat,
+        typer.Option(
+            "--format",
+            help="json: each line as is; binary: each line's inputs as binary tensors (dtypes from "
+            "the model repository's config.pbtxt).",
+        ),
+    ] = EventFormat.json,
+    model_repository: Annotated[
+        Path, typer.Option(help="Where --format binary finds the models' input dtypes.")
+    ] = Path("model_repository"),
 ) -> None:
     """Publish events from a JSON-lines file or stdin (key = the event's id)."""
     from streams.kafka_tools import iter_json_lines, produce_all
 
     settings = load_settings(**{"kafka.bootstrap_servers": bootstrap, "topics.events": topic})
+    config, events_topic = settings.kafka.confluent_config(), settings.topics.events
     with file.open() if file else sys.stdin as stream:
-        n = produce_all(settings.kafka.confluent_config(), settings.topics.events, iter_json_lines(stream))
-    console.print(f"produced {n} records to {settings.topics.events!r}")
+        lines = iter_json_lines(stream)
+        if event_format is EventFormat.binary:
+            from ops.binary_events import BinaryConverter
+
+            converter = BinaryConverter.from_repository(model_repository, settings.triton.default_model)
+            n = produce_all(config, events_topic, converter.convert_all(lines))
+        else:
+            n = produce_all(config, events_topic, lines)
+    console.print(f"produced {n} records to {events_topic!r}")
 
 
 @app.command()
@@ -205,6 +244,9 @@ def up(
         Optional[str], typer.Option(help="OTLP/HTTP traces URL for workers and Triton.")
     ] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the demo summary (JSON) here.")] = None,
+    event_format: Annotated[
+        EventFormat, typer.Option("--format", help="The demo's events: JSON or binary tensors.")
+    ] = EventFormat.json,
 ) -> None:
     """Start the local stack (Apache Kafka, tritonserver, workers) as processes; Ctrl-C stops it.
 
@@ -229,6 +271,7 @@ def up(
         model_repository=model_repository,
         ports=ports,
         demo_rate=demo_rate,
+        event_format=event_format.value,
         duration_s=duration,
         report=report,
     )

@@ -11,12 +11,18 @@ the mean and standard deviation in the model's ``reference_profile.json``
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
+
+from engine.binary_codec import encode_binary_event
+
+FORMATS = ("json", "binary")
+_FIRST_INPUT = re.compile(r'input\s*\[\s*\{\s*name:\s*"([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -27,16 +33,20 @@ class FeatureProfile:
     mean: np.ndarray
     std: np.ndarray
     rows: np.ndarray | None = None  # real data rows to resample, when available
+    input_name: str = "features"  # the model's one input (binary events name it)
 
     @classmethod
     def load(cls, model_dir: Path) -> FeatureProfile:
-        """Read ``<model_dir>/reference_profile.json``."""
+        """Read ``<model_dir>/reference_profile.json`` (and the input's name from ``config.pbtxt``)."""
         doc = json.loads((Path(model_dir) / "reference_profile.json").read_text())
         features = sorted(doc["features"], key=lambda f: f["index"])
+        config = Path(model_dir) / "config.pbtxt"
+        found = _FIRST_INPUT.search(config.read_text()) if config.exists() else None
         return cls(
             model=Path(model_dir).name,
             mean=np.array([f["mean"] for f in features], dtype=np.float64),
             std=np.array([f["std"] for f in features], dtype=np.float64),
+            input_name=found.group(1) if found else "features",
         )
 
     def with_data_rows(self) -> FeatureProfile:
@@ -44,7 +54,7 @@ class FeatureProfile:
         rows = dataset_rows(self.model)
         if rows is None or rows.shape[1] != self.mean.size:
             return self
-        return FeatureProfile(self.model, self.mean, self.std, rows)
+        return FeatureProfile(self.model, self.mean, self.std, rows, self.input_name)
 
     def sample(self, rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:
         """``n`` float32 rows; ``shift`` moves every feature by that many std (drift)."""
@@ -77,6 +87,7 @@ class GeneratedEvent:
     value: bytes
     model: str
     features: np.ndarray
+    headers: tuple[tuple[str, bytes], ...] = ()  # binary events: content-type and header length
 
 
 def encode_event(event_id: str, features: np.ndarray, model: str | None = None) -> bytes:
@@ -95,8 +106,14 @@ def generate(
     keys: int = 64,
     prefix: str = "ev",
     shift: float = 0.0,
+    fmt: str = "json",
 ) -> Iterator[GeneratedEvent]:
-    """``count`` events cycling over ``profiles``, keyed ``k0..k{keys-1}``."""
+    """``count`` events cycling over ``profiles``, keyed ``k0..k{keys-1}``.
+
+    ``fmt``: ``json`` (the ``features`` shorthand) or ``binary`` (engine/binary_codec.py).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown event format {fmt!r}; choose one of {', '.join(FORMATS)}")
     rng = np.random.default_rng(seed)
     chunk = 1024
     made = 0
@@ -107,12 +124,18 @@ def generate(
             profile = profiles[(made + i) % len(profiles)]
             features = rows[profile.model][i]
             event_id = f"{prefix}-{made + i}"
+            headers: tuple[tuple[str, bytes], ...] = ()
+            if fmt == "binary":
+                value, headers = encode_binary_event(event_id, {profile.input_name: features}, profile.model)
+            else:
+                value = encode_event(event_id, features, profile.model)
             yield GeneratedEvent(
                 id=event_id,
                 key=f"k{(made + i) % keys}".encode(),
-                value=encode_event(event_id, features, profile.model),
+                value=value,
                 model=profile.model,
                 features=features,
+                headers=headers,
             )
         made += n
 

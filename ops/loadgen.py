@@ -20,7 +20,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from ops.eventgen import GeneratedEvent
-from streams.producer import new_producer, produce_waiting
+from streams.producer import Headers, new_producer, produce_waiting
 
 
 class SendLog:
@@ -103,8 +103,11 @@ class PacedProducer(threading.Thread):
             return False
         value = event.value
         if self._malformed_every and self.produced % self._malformed_every == self._malformed_every - 1:
-            value = value[: len(value) // 2]  # truncated JSON -> dead letter
-        produce_waiting(self._producer, self._topic, value, event.key, None, self._on_delivery, poll_s=0.01)
+            value = value[: len(value) // 2]  # truncated JSON or tensor bytes -> dead letter
+        headers: Headers = list(event.headers) or None  # a binary event's content type, header length
+        produce_waiting(
+            self._producer, self._topic, value, event.key, headers, self._on_delivery, poll_s=0.01
+        )
         self._log.record(event.id, time.monotonic())
         self.produced += 1
         return True

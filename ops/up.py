@@ -47,6 +47,7 @@ class UpOptions:
     model_repository: Path = Path("model_repository")
     ports: StackPorts = StackPorts()
     demo_rate: float = 0.0
+    event_format: str = "json"  # of the demo's events: json | binary (engine/binary_codec.py)
     malformed_every: int = 200
     duration_s: float | None = None
     report: Path | None = None
@@ -172,7 +173,7 @@ def _demo(stack: Stack, opts: UpOptions, console: Console, supervisor: Superviso
     config = settings.kafka.confluent_config()
     log = SendLog()
     profiles = load_profiles(opts.model_repository, data_rows=True)
-    events = generate(profiles, 10**12, seed=int(time.time()), keys=64)
+    events = generate(profiles, 10**12, seed=int(time.time()), keys=64, fmt=opts.event_format)
     producer = PacedProducer(
         config,
         settings.topics.events,

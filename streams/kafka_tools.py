@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaException
 
 from engine.backoff import next_delay
 from engine.errors import EngineError
-from streams.producer import new_producer, produce_waiting
+from streams.producer import Headers, new_producer, produce_waiting
 
 
 class KafkaToolError(EngineError):
@@ -53,12 +53,15 @@ def iter_json_lines(stream: TextIO) -> Iterator[tuple[bytes, bytes | None]]:
 def produce_all(
     config: Mapping[str, str],
     topic: str,
-    items: Iterable[tuple[bytes, bytes | None]],
+    items: Iterable[tuple[bytes, bytes | None] | tuple[bytes, bytes | None, Sequence[tuple[str, bytes]]]],
     *,
     headers: list[tuple[str, str | bytes | None]] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Produce every (value, key); returns how many were acknowledged."""
+    """Produce every (value, key) or (value, key, its own headers); returns how many were acknowledged.
+
+    ``headers`` go on every record without headers of its own.
+    """
     with _kafka_errors("Kafka producer not created"):
         producer = new_producer(config, overrides={"linger.ms": 5, "acks": "all"})
     acked = failed = 0
@@ -70,8 +73,10 @@ def produce_all(
         else:
             failed += 1
 
-    for n, (value, key) in enumerate(items, 1):
-        produce_waiting(producer, topic, value, key, headers, on_delivery)
+    for n, item in enumerate(items, 1):
+        value, key = item[0], item[1]
+        own: Headers = list(item[2]) if len(item) > 2 else None
+        produce_waiting(producer, topic, value, key, own or headers, on_delivery)
         producer.poll(0)
         if on_progress is not None and n % 1000 == 0:
             on_progress(n)

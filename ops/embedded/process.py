@@ -76,7 +76,7 @@ def child_env(
     return env
 
 
-def _death_signal_hook() -> Callable[[], None] | None:
+def death_signal_hook() -> Callable[[], None] | None:
     """A preexec hook that SIGKILLs the child when this process dies (Linux, best-effort).
 
     ``PR_SET_PDEATHSIG`` fires when the *thread* that forked exits, so it is
@@ -129,7 +129,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             cwd=str(self.log_path.parent),
             start_new_session=True,
-            preexec_fn=_death_signal_hook(),
+            preexec_fn=death_signal_hook(),
         )
 
     @property

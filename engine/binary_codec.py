@@ -1,0 +1,449 @@
+"""Binary tensor events: KServe v2's binary tensor extension, carried in a Kafka record.
+
+A record whose ``content-type`` header is :data:`BINARY_CONTENT_TYPE` holds
+
+* a JSON *inference header* of ``inference-header-content-length`` bytes (a
+  Kafka header, as Triton's HTTP header of the same name)::
+
+    {"id": "ev-1", "model": "breast_cancer",
+     "inputs": [{"name": "input__0", "datatype": "FP32", "shape": [30],
+                 "parameters": {"binary_data_size": 120}}]}
+
+  (``model`` optional as in JSON events; ``shape`` is one event's, without the
+  batch axis; every model input once);
+* then each input's elements as raw little-endian bytes, in the header's
+  order, ``binary_data_size`` bytes each, nothing after the last.
+
+Predictions of binary events are binary too (``outputs`` described the same
+way, then their bytes), unless ``SIE_OUTPUT_FORMAT`` says otherwise.
+
+Events are checked exactly as JSON events are - the same limits and reason
+codes: ``datatype`` must be the model's (``bad_dtype``), ``shape`` its dims
+(``bad_shape``), floats finite and booleans 0 or 1 (``bad_dtype``). A chunk's
+events of one model whose header lists the model's inputs exactly as expected
+are converted together: their bytes joined once, one ``numpy.frombuffer`` per
+chunk and input, one finiteness check; anything else (or a group that fails a
+check) is converted event by event, for a precise reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from engine.dtypes import json_kind, triton_name
+from engine.errors import EventError, Reason
+from engine.event_checks import (
+    SHOWN_NAME_CHARS,
+    DecodeContext,
+    check_envelope,
+    check_value_size,
+    event_id_of,
+    internal_letter,
+    letter,
+    route_of,
+)
+from engine.modelspec import WIRE_DTYPES, ModelSpec, TensorSpec
+from engine.records import DeadLetter, Event, Headers, RawRecord
+from engine.routing import Route
+from engine.safe_text import cleaned, shown
+
+BINARY_CONTENT_TYPE = "application/vnd.kserve.v2.binary"
+JSON_CONTENT_TYPE = "application/json"
+CONTENT_TYPE_HEADER = "content-type"
+HEADER_LENGTH_HEADER = "inference-header-content-length"
+_BINARY = BINARY_CONTENT_TYPE.encode()
+_JSON = JSON_CONTENT_TYPE.encode()
+_MAX_HEADER_DIGITS = 10
+
+
+def is_binary(record: RawRecord) -> bool | None:
+    """True for a binary tensor event, False for JSON (the default), None for another content-type."""
+    headers = record.headers
+    if not headers:
+        return False
+    value = record.header(CONTENT_TYPE_HEADER)
+    if value is None:
+        return False
+    kind = value.split(b";", 1)[0].strip().lower()
+    if kind == _BINARY:
+        return True
+    return False if kind == _JSON or not kind else None
+
+
+def content_type_letter(record: RawRecord) -> DeadLetter:
+    """The dead letter of a record whose content-type is neither JSON nor binary tensors."""
+    shown_type = shown(record.header(CONTENT_TYPE_HEADER) or b"", SHOWN_NAME_CHARS)
+    return letter(
+        record,
+        EventError(
+            Reason.INVALID_EVENT,
+            f"content-type {shown_type} is not supported: use {JSON_CONTENT_TYPE} (the default) "
+            f"or {BINARY_CONTENT_TYPE}",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryParsed:
+    """A binary event whose header is valid JSON with an id and a served model; tensors unchecked."""
+
+    record: RawRecord
+    event_id: str
+    spec: ModelSpec
+    route: Route
+    inputs: Any  # the header's "inputs", as parsed
+    body: int  # offset of the first tensor byte in the value
+
+
+def parse_binary(record: RawRecord, ctx: DecodeContext) -> BinaryParsed | DeadLetter:
+    """The header of a binary event, or its dead letter. Never raises."""
+    try:
+        return _header(record, ctx)
+    except EventError as err:
+        return letter(record, err)
+    except Exception as err:  # no record may stop the worker
+        return internal_letter(record, err)
+
+
+def _header(record: RawRecord, ctx: DecodeContext) -> BinaryParsed:
+    check_envelope(record, ctx.limits)
+    value = record.value
+    if value is None:
+        raise EventError(Reason.INVALID_EVENT, "record has no value (tombstone)")
+    check_value_size(value, ctx.limits)
+    length = _header_length(record, len(value))
+    try:
+        doc = orjson.loads(memoryview(value)[:length])
+    except orjson.JSONDecodeError as err:
+        raise EventError(
+            Reason.INVALID_JSON, f"the inference header is not valid JSON: {cleaned(str(err), 200)}"
+        ) from None
+    if not isinstance(doc, dict):
+        raise EventError(
+            Reason.INVALID_EVENT, f"the inference header must be a JSON object, got {json_kind(doc)}"
+        )
+    event_id = event_id_of(doc, ctx.limits)
+    spec, route = route_of(doc, ctx, record, event_id)
+    return BinaryParsed(record, event_id, spec, route, doc.get("inputs"), length)
+
+
+def _header_length(record: RawRecord, size: int) -> int:
+    raw = record.header(HEADER_LENGTH_HEADER)
+    if raw is None:
+        raise EventError(
+            Reason.INVALID_EVENT,
+            f"a binary event needs the {HEADER_LENGTH_HEADER} header (bytes of its JSON header)",
+        )
+    text = raw.strip()
+    if not text.isdigit() or len(text) > _MAX_HEADER_DIGITS or not 0 < int(text) <= size:
+        raise EventError(
+            Reason.INVALID_EVENT,
+            f"{HEADER_LENGTH_HEADER} is {shown(raw, 24)}; must be a byte count from 1 to the value's {size}",
+        )
+    return int(text)
+
+
+def quick_header(record: RawRecord, ctx: DecodeContext) -> BinaryParsed | None:
+    """The parsed header of an unremarkable binary event, in one pass; else None.
+
+    The hot path: a few small headers, a valid header with an id, naming a served model (or
+    none). None sends the record down :func:`parse_binary`, which checks everything and gives
+    the reason.
+    """
+    value, headers, limits = record.value, record.headers, ctx.limits
+    if value is None or len(headers) > limits.max_headers or len(value) > limits.max_message_bytes:
+        return None
+    if record.key is not None and len(record.key) > limits.max_key_bytes:
+        return None
+    raw_length, size = None, 0
+    for k, v in headers:
+        if v is None:
+            return None
+        size += 4 * len(k) + len(v)  # a name's UTF-8 bytes are at most 4 per character
+        if k == HEADER_LENGTH_HEADER:
+            raw_length = v
+    if size > limits.max_header_bytes or raw_length is None or not raw_length.isdigit():
+        return None
+    length = int(raw_length)
+    if not 0 < length <= len(value) or len(raw_length) > _MAX_HEADER_DIGITS:
+        return None
+    try:
+        doc = orjson.loads(memoryview(value)[:length])
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict:
+        return None
+    event_id, name = doc.get("id"), doc.get("model")
+    if type(event_id) is not str or not 0 < len(event_id) <= limits.max_id_length:
+        return None
+    if name is not None and type(name) is not str:
+        return None
+    if ctx.router is not None:
+        route = ctx.router.route(record.source.topic, name, record.key or event_id.encode())
+    else:
+        route = Route(ctx.default_model if name is None else name)
+    spec = ctx.models.get(route.model)
+    if spec is None:
+        return None
+    return BinaryParsed(record, event_id, spec, route, doc.get("inputs"), length)
+
+
+def expected_inputs(spec: ModelSpec) -> list[dict[str, Any]] | None:
+    """The ``inputs`` a header lists for ``spec`` (None when a dim is variable, or a dtype unsupported)."""
+    out = []
+    for t in spec.inputs:
+        n = t.max_elements
+        if n is None or t.dtype.kind not in "biuf":
+            return None
+        size = n * t.dtype.itemsize
+        out.append(
+            {
+                "name": t.name,
+                "datatype": triton_name(t.dtype),
+                "shape": list(t.dims),
+                "parameters": {"binary_data_size": size},
+            }
+        )
+    return out
+
+
+def convert_together(group: Sequence[BinaryParsed], ctx: DecodeContext) -> list[Event | DeadLetter]:
+    """Events of one model whose headers equal :func:`expected_inputs`: one array per input for all.
+
+    Falls back to :func:`convert_one` for every event when a value or a size does not check out.
+    """
+    spec = group[0].spec
+    row = sum((t.max_elements or 0) * t.dtype.itemsize for t in spec.inputs)
+    if any(len(p.record.value or b"") - p.body != row for p in group):
+        return [convert_one(p, ctx) for p in group]
+    blob = np.frombuffer(b"".join(memoryview(p.record.value or b"")[p.body :] for p in group), np.uint8)
+    rows = blob.reshape(len(group), row)
+    columns: dict[str, np.ndarray] = {}
+    at = 0
+    for t in spec.inputs:
+        size = (t.max_elements or 0) * t.dtype.itemsize
+        arr = _tensor(rows[:, at : at + size], t, (len(group), *t.dims))
+        if arr is None:
+            return [convert_one(p, ctx) for p in group]
+        columns[t.name] = arr
+        at += size
+    return [
+        Event(
+            p.event_id,
+            spec.name,
+            {n: a[k] for n, a in columns.items()},
+            p.record,
+            version=p.route.version,
+            arm=p.route.arm,
+            binary=True,
+        )
+        for k, p in enumerate(group)
+    ]
+
+
+def _tensor(raw: np.ndarray, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Bytes ``raw`` (rows of uint8) as ``spec``'s dtype in ``shape``; None when a value is not allowed."""
+    wire = spec.dtype.newbyteorder("<")
+    arr = np.ascontiguousarray(raw).view(wire).reshape(shape)
+    if spec.dtype.kind == "f" and not np.isfinite(arr).all():
+        return None
+    if spec.dtype.kind == "b" and arr.size and raw.max() > 1:
+        return None
+    return arr.astype(spec.dtype, copy=False)
+
+
+def convert_one(p: BinaryParsed, ctx: DecodeContext) -> Event | DeadLetter:
+    """One binary event's tensors, every field checked; its dead letter on any fault. Never raises."""
+    try:
+        inputs = _inputs(p, ctx)
+    except EventError as err:
+        return letter(p.record, err)
+    except Exception as err:  # no record may stop the worker
+        return internal_letter(p.record, err)
+    return Event(
+        p.event_id, p.spec.name, inputs, p.record, version=p.route.version, arm=p.route.arm, binary=True
+    )
+
+
+def _inputs(p: BinaryParsed, ctx: DecodeContext) -> dict[str, np.ndarray]:
+    spec, listed = p.spec, p.inputs
+    if listed is None:
+        raise EventError(Reason.MISSING_INPUT, "the inference header has no 'inputs'")
+    if not isinstance(listed, list) or not all(isinstance(i, dict) for i in listed):
+        raise EventError(Reason.INVALID_EVENT, "'inputs' must be an array of tensor descriptions")
+    by_name = _by_name(listed, spec)
+    value = p.record.value or b""
+    at, out = p.body, {}
+    for item in listed:
+        t = by_name[item["name"]]
+        size = _size(item, t, ctx)
+        if len(value) - at < size:
+            raise EventError(Reason.INVALID_EVENT, f"the value ends inside input {t.name!r}'s bytes")
+        chunk = np.frombuffer(value, np.uint8, count=size, offset=at) if size else np.zeros(0, np.uint8)
+        out[t.name] = _checked(chunk, t, tuple(item["shape"]))
+        at += size
+    if at != len(value):
+        raise EventError(Reason.INVALID_EVENT, f"{len(value) - at} bytes follow the last input's data")
+    return out
+
+
+def _by_name(listed: list[dict[str, Any]], spec: ModelSpec) -> dict[str, TensorSpec]:
+    names: list[str] = [i.get("name") for i in listed]  # type: ignore[misc]  # checked next
+    if not all(isinstance(n, str) for n in names):
+        raise EventError(Reason.INVALID_EVENT, "every input needs a string 'name'")
+    if len(set(names)) != len(names):
+        raise EventError(Reason.INVALID_EVENT, "an input is listed twice")
+    expected = {t.name for t in spec.inputs}
+    missing = sorted(expected - set(names))
+    if missing:
+        raise EventError(Reason.MISSING_INPUT, f"inputs {missing} missing for {spec.name!r}")
+    extra = sorted(set(names) - expected)
+    if extra:
+        listed_names = ", ".join(shown(n, SHOWN_NAME_CHARS // 2) for n in extra[:3])
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise EventError(Reason.INVALID_EVENT, f"unknown inputs {listed_names}{more} for {spec.name!r}")
+    return {t.name: t for t in spec.inputs}
+
+
+def _size(item: Mapping[str, Any], t: TensorSpec, ctx: DecodeContext) -> int:
+    """Checked bytes of one listed input: its datatype, shape, element count and stated size."""
+    datatype = item.get("datatype")
+    if datatype != triton_name(t.dtype) or t.dtype.kind not in "biuf":
+        got = shown(datatype, 16) if isinstance(datatype, str) else json_kind(datatype)
+        raise EventError(
+            Reason.BAD_DTYPE, f"input {t.name!r} is {got}; the model takes {triton_name(t.dtype)}"
+        )
+    shape = item.get("shape")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise EventError(Reason.BAD_SHAPE, f"input {t.name!r} needs a 'shape' of non-negative integers")
+    if not t.shape_matches(tuple(shape)):
+        raise EventError(
+            Reason.BAD_SHAPE, f"input {t.name!r} has shape {shape[:8]}, expected shape {list(t.dims)}"
+        )
+    elements = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if elements > ctx.limits.max_elements:
+        raise EventError(
+            Reason.TOO_LARGE, f"input {t.name!r} has {elements} elements, over {ctx.limits.max_elements}"
+        )
+    params = item.get("parameters")
+    stated = params.get("binary_data_size") if isinstance(params, dict) else None
+    size = elements * t.dtype.itemsize
+    if type(stated) is not int or stated != size:
+        raise EventError(
+            Reason.INVALID_EVENT,
+            f"input {t.name!r}: parameters.binary_data_size must be {size} "
+            f"({elements} x {t.dtype.itemsize} bytes), got {shown(str(stated), 24)}",
+        )
+    return size
+
+
+def _checked(chunk: np.ndarray, t: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    arr = chunk.view(t.dtype.newbyteorder("<")).reshape(shape)
+    if t.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            at = "".join(f"[{i}]" for i in np.unravel_index(int(bad[0]), shape))
+            value = arr.reshape(-1)[bad[0]]
+            raise EventError(
+                Reason.BAD_DTYPE,
+                f"input {t.name!r}{at} is {value!r}; {triton_name(t.dtype)} takes finite numbers",
+            )
+    if t.dtype.kind == "b":
+        bad = np.flatnonzero(chunk > 1)
+        if bad.size:
+            at = "".join(f"[{i}]" for i in np.unravel_index(int(bad[0]), shape))
+            raise EventError(
+                Reason.BAD_DTYPE, f"input {t.name!r}{at} is byte {int(chunk[bad[0]])}; BOOL takes 0 or 1"
+            )
+    return arr.astype(t.dtype, copy=True)  # its own memory, not the record's
+
+
+def encode_binary_event(
+    event_id: str, inputs: Mapping[str, np.ndarray], model: str | None = None
+) -> tuple[bytes, Headers]:
+    """A binary event's value and headers (for producers; ``inputs`` in the model's dtypes)."""
+    return _encode({"id": event_id} | ({"model": model} if model else {}), "inputs", inputs)
+
+
+class BinaryPredictions:
+    """Binary predictions of one batch: the outputs described and laid out once, sliced per event."""
+
+    def __init__(self, model_version: str, outputs: Mapping[str, np.ndarray]) -> None:
+        self._version = model_version
+        arrays = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")) for a in outputs.values()]
+        self._described = [
+            {
+                "name": name,
+                "datatype": _wire_name(a.dtype),
+                "shape": list(a.shape[1:]),
+                "parameters": {"binary_data_size": a[0].nbytes if len(a) else 0},
+            }
+            for name, a in zip(outputs, arrays, strict=True)
+        ]
+        self._blobs = [(a.tobytes(), a[0].nbytes if len(a) else 0) for a in arrays]
+
+    def encode(self, event: Event, row: int, timing_ms: Mapping[str, float]) -> tuple[bytes, Headers]:
+        """The value and headers of the prediction for ``event``, the batch's row ``row``."""
+        doc: dict[str, Any] = {"id": event.id, "model": event.model, "model_version": self._version}
+        if event.arm:
+            doc["arm"] = event.arm
+        doc["timing_ms"] = timing_ms
+        doc["outputs"] = self._described
+        header = orjson.dumps(doc)
+        parts = [header]
+        parts += [blob[row * size : (row + 1) * size] for blob, size in self._blobs]
+        length = b"%d" % len(header)
+        return b"".join(parts), ((CONTENT_TYPE_HEADER, _BINARY), (HEADER_LENGTH_HEADER, length))
+
+
+def _wire_name(dtype: np.dtype[Any]) -> str:
+    return triton_name(dtype.newbyteorder("="))
+
+
+def encode_binary_prediction(
+    event: Event, model_version: str, outputs: Mapping[str, np.ndarray], timing_ms: Mapping[str, float]
+) -> tuple[bytes, Headers]:
+    """A prediction's value and headers in the binary format (see the module docstring)."""
+    doc: dict[str, Any] = {"id": event.id, "model": event.model, "model_version": model_version}
+    if event.arm:
+        doc["arm"] = event.arm
+    doc["timing_ms"] = timing_ms
+    return _encode(doc, "outputs", outputs)
+
+
+def _encode(doc: dict[str, Any], key: str, tensors: Mapping[str, np.ndarray]) -> tuple[bytes, Headers]:
+    arrays = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")) for a in tensors.values()]
+    doc[key] = [
+        {
+            "name": name,
+            "datatype": _wire_name(a.dtype),
+            "shape": list(a.shape),
+            "parameters": {"binary_data_size": a.nbytes},
+        }
+        for name, a in zip(tensors, arrays, strict=True)
+    ]
+    header = orjson.dumps(doc)
+    value = b"".join([header, *(a.tobytes() for a in arrays)])
+    return value, ((CONTENT_TYPE_HEADER, _BINARY), (HEADER_LENGTH_HEADER, str(len(header)).encode()))
+
+
+def decode_binary_value(value: bytes, header_length: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(header, tensors by name) of a binary event or prediction (for consumers of the outputs)."""
+    doc = orjson.loads(value[:header_length])
+    key = "outputs" if "outputs" in doc else "inputs"
+    tensors, at = {}, header_length
+    for item in doc[key]:
+        size = item["parameters"]["binary_data_size"]
+        dtype = _NUMPY[item["datatype"]].newbyteorder("<")
+        flat = np.frombuffer(value, dtype, count=size // dtype.itemsize, offset=at)
+        tensors[item["name"]] = flat.reshape(item["shape"])
+        at += size
+    return doc, tensors
+
+
+_NUMPY = {name: dtype for dtype, name in WIRE_DTYPES.items()}

@@ -1,0 +1,40 @@
+"""``sie produce --format binary``: JSON lines become binary tensor events the engine decodes alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from engine.codec import DecodeContext, decode
+from engine.records import DeadLetter, Event
+from engine.settings import LimitSettings
+from ops.binary_events import BinaryConverter
+from tests.unit.fakes import raw
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def test_json_lines_convert_to_binary_events_with_the_models_dtypes() -> None:
+    converter = BinaryConverter.from_repository(REPOSITORY, "breast_cancer")
+    ctx = DecodeContext(converter.specs, "breast_cancer", LimitSettings())
+    lines = [
+        (orjson.dumps({"id": "a", "features": list(range(30))}), b"a"),
+        (orjson.dumps({"id": "b", "model": "iris", "inputs": {"features": [5.1, 3.5, 1.4, 0.2]}}), b"b"),
+        (b"{not json", None),
+        (orjson.dumps({"id": "c", "features": ["x"] * 30}), b"c"),
+    ]
+    out = list(converter.convert_all(lines))
+    assert [dict(h).get("content-type") for _, _, h in out] == [
+        b"application/vnd.kserve.v2.binary",
+        b"application/vnd.kserve.v2.binary",
+        None,  # sent as is: the engine dead-letters it with its reason
+        None,
+    ]
+    decoded = [decode(raw(v, key=k, headers=tuple(h)), ctx) for v, k, h in out]
+    first, second = decoded[0], decoded[1]
+    assert isinstance(first, Event) and first.binary and first.inputs["features"].dtype == np.float32
+    np.testing.assert_array_equal(first.inputs["features"], np.arange(30))
+    assert isinstance(second, Event) and second.model == "iris"
+    assert [d.reason.value for d in decoded[2:] if isinstance(d, DeadLetter)] == ["invalid_json", "bad_dtype"]
