@@ -11,11 +11,13 @@ sustains when it catches up after a pause or a deploy.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer
@@ -23,7 +25,7 @@ from confluent_kafka import Consumer
 from benchmarks.systems import SystemSpec, fresh_settings, start_system
 from engine.settings import Settings
 from ops.eventgen import GeneratedEvent
-from streams.kafka_tools import produce_all
+from streams.producer import new_producer, produce_waiting
 
 MIDDLE = 0.8  # share of the outputs the rate is measured over
 
@@ -36,10 +38,16 @@ class Drain:
     received: int
     seconds: float
     rate: float
+    cpu_us_per_event: float | None = None  # the system's own processes, over the same middle share
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | None]:
         """JSON-ready."""
         return asdict(self)
+
+
+def drain_key(system: str, fmt: str) -> str:
+    """The report's name for ``system`` draining events of format ``fmt`` (JSON keeps the bare name)."""
+    return system if fmt == "json" else f"{system} | {fmt}"
 
 
 def drain_rate(stamps_ms: Sequence[float], middle: float = MIDDLE) -> tuple[float, float]:
@@ -54,15 +62,71 @@ def drain_rate(stamps_ms: Sequence[float], middle: float = MIDDLE) -> tuple[floa
 
 
 def preload(settings: Settings, events: Iterator[GeneratedEvent], n: int) -> None:
-    """Write ``n`` events to the input topic and wait until the broker has them all."""
-    items = ((ev.value, ev.key) for ev in islice(events, n))
-    acked = produce_all(settings.kafka.confluent_config(), settings.topics.events, items)
+    """Write ``n`` events (with their headers) to the input topic and wait until the broker has them all."""
+    producer = new_producer(settings.kafka.confluent_config(), overrides={"linger.ms": 5, "acks": "all"})
+    acked = 0
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        nonlocal acked
+        acked += err is None
+
+    for ev in islice(events, n):
+        produce_waiting(
+            producer, settings.topics.events, ev.value, ev.key, list(ev.headers) or None, on_delivery
+        )
+        producer.poll(0)
+    producer.flush(60)
     if acked != n:
         raise RuntimeError(f"{n - acked} preloaded events were not acknowledged by the broker")
 
 
-def read_outputs(settings: Settings, n: int, timeout: float, alive: Callable[[], bool]) -> list[float]:
-    """Output timestamps (ms) of predictions and dead letters, until ``n`` arrived or ``timeout``."""
+def process_cpu_s(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (from /proc; 0 for a process that is gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
+
+
+@dataclass
+class CpuWindow:
+    """CPU seconds of the system's processes when 10% and 90% of the outputs had arrived."""
+
+    n: int
+    cpu: Callable[[], float]
+    marks: dict[int, float] = field(default_factory=dict)
+
+    def seen(self, received: int) -> None:
+        """Note the CPU time as ``received`` passes each mark."""
+        for mark in (round(self.n * (1 - MIDDLE) / 2), round(self.n * (1 + MIDDLE) / 2)):
+            if received >= mark and mark not in self.marks:
+                self.marks[mark] = self.cpu()
+
+    def us_per_event(self) -> float | None:
+        """Worker CPU µs per event between the marks (None if the drain did not pass both)."""
+        if len(self.marks) < 2:
+            return None
+        (lo, c0), (hi, c1) = sorted(self.marks.items())
+        return round((c1 - c0) * 1e6 / (hi - lo), 2) if hi > lo else None
+
+
+def read_outputs(
+    settings: Settings,
+    n: int,
+    timeout: float,
+    alive: Callable[[], bool],
+    window: CpuWindow | None = None,
+) -> list[float]:
+    """Output timestamps (ms) of predictions and dead letters, until ``n`` arrived or ``timeout``.
+
+    ``window`` is told the count after each poll (the consumer reads in bursts of at most 1,000,
+    so the marks land within a few milliseconds of the outputs they stand for).
+    """
     consumer = Consumer(
         settings.kafka.consumer_config()
         | {
@@ -79,6 +143,8 @@ def read_outputs(settings: Settings, n: int, timeout: float, alive: Callable[[],
             for msg in consumer.consume(1000, 0.2):
                 if not msg.error():
                     stamps.append(float(msg.timestamp()[1]))
+            if window is not None:
+                window.seen(len(stamps))
     finally:
         consumer.close()
     return stamps
@@ -99,10 +165,13 @@ def measure_drain(
     preload(settings, events, n)
     progress(f"preloaded {n:,} events in {time.monotonic() - started:.1f} s; starting {spec.name}")
     system = start_system(spec, base, work, settings)
+    window = CpuWindow(n, lambda: process_cpu_s(system.pids()))
     try:
-        stamps = read_outputs(settings, n, timeout, system.alive)
+        stamps = read_outputs(settings, n, timeout, system.alive, window)
     finally:
         system.stop()
     rate, seconds = drain_rate(stamps)
-    progress(f"drained {len(stamps):,}/{n:,}: {rate:,.0f} events/s over the middle {MIDDLE:.0%}")
-    return Drain(n, len(stamps), round(seconds, 3), round(rate, 1))
+    cpu = window.us_per_event()
+    shown = f", {cpu:.1f} µs CPU/event" if cpu is not None else ""
+    progress(f"drained {len(stamps):,}/{n:,}: {rate:,.0f} events/s over the middle {MIDDLE:.0%}{shown}")
+    return Drain(n, len(stamps), round(seconds, 3), round(rate, 1), cpu)

@@ -148,14 +148,20 @@ def write_markdown(report: dict[str, Any], path: Path, plot: Path, json_path: Pa
             "Draining a preloaded backlog (events written first, then the system started; rate over the "
             "middle 80% of its outputs):",
             "",
-            "| system | backlog | outputs read | events/s | measured over s |",
-            "|---|---:|---:|---:|---:|",
+            "| system | events | backlog | outputs read | events/s | CPU µs/event | measured over s |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for name, d in report["drain"].items():
+            system, _, fmt = name.partition(" | ")
             lines.append(
-                f"| {name} | {d['events']:,} | {d['received']:,} | {_fmt(d['rate'], 0)} | "
-                f"{_fmt(d['seconds'], 2)} |"
+                f"| {system} | {fmt or 'json'} | {d['events']:,} | {d['received']:,} | "
+                f"{_fmt(d['rate'], 0)} | {_fmt(d.get('cpu_us_per_event'), 1)} | {_fmt(d['seconds'], 2)} |"
             )
+        lines += [
+            "",
+            "CPU µs/event: user + system CPU time of the system's own processes (the worker; not the "
+            "broker, not Triton) from /proc, between the 10% and 90% marks of its outputs, per event.",
+        ]
     lines += ["", "Triton bound (`perf_analyzer`, gRPC, concurrency 4):", ""]
     lines += ["| batch | inferences/s | p50 ms | p99 ms |", "|---:|---:|---:|---:|"]
     for p in report["triton_bound"]:

@@ -22,7 +22,7 @@ from typing import Any
 from confluent_kafka import Consumer
 from rich.console import Console
 
-from benchmarks.drain import measure_drain
+from benchmarks.drain import drain_key, measure_drain
 from benchmarks.perf import PerfPoint, run_perf
 from benchmarks.previous import PREVIOUS_TANSU
 from benchmarks.report import broker_setup, machine, write_json, write_markdown, write_plot
@@ -49,6 +49,7 @@ HALF_LOAD_KINDS = ("engine", "raw")  # systems that also run a level at 50% of t
 # enough that the measured middle 80% lasts seconds, not a fraction of one, for the fastest system.
 DRAIN_SYSTEMS = ("raw client bound", "pass-through bound", "engine, 1 worker", "engine, 2 workers")
 DRAIN_EVENTS, DRAIN_EVENTS_QUICK = 200_000, 60_000
+BINARY_DRAIN_KINDS = ("engine", "passthrough")  # also drained with binary tensor events (issue 15)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class BenchOptions:
     systems: tuple[str, ...]
     perf: bool
     drain: bool
+    sweep: bool
     max_rate: float | None
     drain_events: int | None
 
@@ -82,6 +84,7 @@ def parse(argv: Sequence[str] | None) -> BenchOptions:
     parser.add_argument("--only", nargs="*", default=[], help=f"system kinds to run: {kinds}")
     parser.add_argument("--no-perf", action="store_true", help="skip perf_analyzer")
     parser.add_argument("--no-drain", action="store_true", help="skip draining preloaded backlogs")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the live sweeps (drains only)")
     parser.add_argument("--max-rate", type=float, default=None, help="highest offered rate (smoke runs)")
     parser.add_argument(
         "--drain-events",
@@ -91,7 +94,15 @@ def parse(argv: Sequence[str] | None) -> BenchOptions:
     )
     a = parser.parse_args(argv)
     return BenchOptions(
-        a.quick, a.out, a.docs, tuple(a.only), not a.no_perf, not a.no_drain, a.max_rate, a.drain_events
+        a.quick,
+        a.out,
+        a.docs,
+        tuple(a.only),
+        not a.no_perf,
+        not a.no_drain,
+        not a.no_sweep,
+        a.max_rate,
+        a.drain_events,
     )
 
 
@@ -122,9 +133,13 @@ def bench_system(
     }
 
 
-def bench_events(seed: int) -> Iterator[GeneratedEvent]:
-    """An endless stream of ``MODEL``'s events, the same for every system given the same seed."""
-    return generate(load_profiles(REPO / "model_repository", [MODEL]), 10**9, seed=seed, keys=256)
+def bench_events(seed: int, fmt: str = "json") -> Iterator[GeneratedEvent]:
+    """An endless stream of ``MODEL``'s events, the same for every system given the same seed.
+
+    ``fmt``: ``json`` or ``binary`` (the binary tensor format, see engine/binary_codec.py).
+    """
+    profiles = load_profiles(REPO / "model_repository", [MODEL])
+    return generate(profiles, 10**9, seed=seed, keys=256, fmt=fmt)
 
 
 class _SystemRun:
@@ -276,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opts.perf:
             report["triton_bound"] = [p.as_dict() for p in _perf(triton.grpc_url, work, opts.quick, console)]
         for spec in SYSTEMS:
-            if opts.systems and spec.kind not in opts.systems or opts.quick and not spec.quick:
+            chosen = not opts.systems or spec.kind in opts.systems
+            if not opts.sweep or not chosen or opts.quick and not spec.quick:
                 continue
             report["systems"][spec.name] = bench_system(spec, base, work, config, console)
         if opts.drain:
@@ -310,10 +326,11 @@ def _drains(opts: BenchOptions, base: Settings, work: Path, console: Console) ->
     for spec in SYSTEMS:
         if spec.name not in DRAIN_SYSTEMS or opts.systems and spec.kind not in opts.systems:
             continue
-        drain = measure_drain(
-            spec, base, work, bench_events(seed=2), n, lambda msg: console.print(f"  {msg}")
-        )
-        out[spec.name] = drain.as_dict()
+        for fmt in ("json", "binary") if spec.kind in BINARY_DRAIN_KINDS else ("json",):
+            drain = measure_drain(
+                spec, base, work, bench_events(seed=2, fmt=fmt), n, lambda msg: console.print(f"  {msg}")
+            )
+            out[drain_key(spec.name, fmt)] = drain.as_dict()
     return out
 
 

@@ -53,6 +53,10 @@ class RunningSystem:
         """Whether every process still runs."""
         return all(p.alive for p in self.processes) and all(w.process.alive for w in self.workers)
 
+    def pids(self) -> list[int]:
+        """Process ids of the system under test (its workers, or its one process)."""
+        return [p.pid for p in self.processes] + [w.process.pid for w in self.workers]
+
     def log_tail(self) -> str:
         """Log tails of every process (for errors)."""
         procs = self.processes + [w.process for w in self.workers]

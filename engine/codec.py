@@ -48,6 +48,7 @@ from engine.event_checks import (
     route_of,
 )
 from engine.modelspec import ModelSpec, TensorSpec
+from engine.prediction_json import dumps_output
 from engine.records import DeadLetter, Event, RawRecord
 from engine.routing import Route
 from engine.safe_text import cleaned, shown
@@ -323,4 +324,4 @@ def encode_prediction(
     }
     if event.arm:
         doc["arm"] = event.arm
-    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    return dumps_output(doc)

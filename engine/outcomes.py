@@ -33,7 +33,7 @@ from engine.binary_codec import BinaryPredictions
 from engine.codec import encode_prediction
 from engine.dlq import HEADER_OVERHEAD, RECORD_OVERHEAD, dead_letter_record, fit_record, record_size
 from engine.errors import Reason
-from engine.ports import ObserveMany
+from engine.ports import TRACE_HEADERS, ObserveMany
 from engine.records import BatchOutcome, Completion, DeadLetter, Event, InferenceResult, OutRecord, RawRecord
 from engine.safe_text import cleaned
 
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROPAGATED_HEADERS = frozenset({"traceparent", "tracestate"})
 _MAX_DESCRIPTION = 500
 _OWN_HEADERS_SLACK = 2048  # bytes of headers a prediction adds: content type, length, trace context
 
@@ -152,7 +151,7 @@ class Outcomes:
         """``binary``: the batch's binary encoder (or why it could not be built); None for JSON."""
         rec = event.record
         try:
-            headers = tuple((k, v) for k, v in rec.headers if k in PROPAGATED_HEADERS) if rec.headers else ()
+            headers = tuple((k, v) for k, v in rec.headers if k in TRACE_HEADERS) if rec.headers else ()
             if isinstance(binary, Exception):
                 raise binary
             if binary is not None:

@@ -68,7 +68,7 @@ class PipelineParts:
     batch: BatchSettings
     metrics: PipelineMetrics
     tracing: PipelineTracing = NO_TRACING
-    models: ModelHooks = NO_MODEL_HOOKS  # versions, A/B counts, drift, shadows (models/lifecycle.py)
+    models: ModelHooks = NO_MODEL_HOOKS  # versions, A/B counts, drift, shadows (models/hooks.py)
     on_failure: Callable[[str], None] | None = None  # told once if the pipeline can no longer deliver
     observe_many: ObserveMany = observe_each  # observability.metrics.observe_many: one pass per batch
 

@@ -5,7 +5,9 @@ the entry point (:mod:`observability.otel_setup`). The pipeline calls a
 :class:`engine.ports.PipelineTracing` at four points:
 
 * ``received(record)``: an *event span* starts, its parent taken from the
-  record's W3C ``traceparent`` header (no header: a new trace);
+  record's W3C ``traceparent`` header (no header: a new trace) - if the event
+  is sampled (:class:`HeadSampler`: the ``traceparent``'s sampled flag, else
+  ``SIE_TRACE_SAMPLE_RATIO``); an unsampled event gets no span at all;
 * ``batch_headers(batch)`` / ``batch_done(...)``: a *batch span* covers one
   Triton request. Its parent is the first event's span (so Triton's own spans,
   which continue the context injected into the request headers, join that
@@ -29,6 +31,7 @@ line a minute.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from collections.abc import Callable
@@ -131,11 +134,48 @@ def inject_headers(span: Span) -> dict[str, str]:
     return carrier
 
 
-class OtelTracing:
-    """:class:`PipelineTracing` on an OpenTelemetry tracer (the global one by default)."""
+def sampled_flag(headers: Headers) -> bool | None:
+    """The ``sampled`` flag of a record's W3C ``traceparent``; None when it has no valid one.
 
-    def __init__(self, tracer: Tracer | None = None) -> None:
+    Read straight from the header (``00-<trace id>-<parent id>-<flags>``), without the
+    propagator, so that deciding costs no objects.
+    """
+    value = None
+    for k, v in headers:
+        if k == "traceparent":
+            value = v
+    if value is None or len(value) < 55 or value[2:3] != b"-" or value[52:53] != b"-":
+        return None
+    try:
+        return bool(int(value[53:55], 16) & 1)
+    except ValueError:
+        return None
+
+
+class HeadSampler:
+    """Which events get spans: the producer's decision when its ``traceparent`` says, else ``ratio``.
+
+    An unsampled event costs no span object; its prediction keeps the producer's trace headers.
+    """
+
+    def __init__(self, ratio: float = 1.0, draw: Callable[[], float] = random.random) -> None:
+        self.ratio = ratio
+        self._draw = draw
+
+    def sampled(self, record: RawRecord) -> bool:
+        """Whether ``record`` gets an event span."""
+        flag = sampled_flag(record.headers) if record.headers else None
+        if flag is not None:
+            return flag
+        return self.ratio >= 1.0 or self._draw() < self.ratio
+
+
+class OtelTracing:
+    """:class:`PipelineTracing` on an OpenTelemetry tracer (the global one by default), head-sampled."""
+
+    def __init__(self, tracer: Tracer | None = None, sampler: HeadSampler | None = None) -> None:
         self._tracer = tracer or trace.get_tracer(INSTRUMENTATION)
+        self._sampler = sampler or HeadSampler()
         self._events: dict[int, Span] = {}  # id(record) -> its open event span
         self._batches: dict[int, Span] = {}  # id(batch) -> its open batch span
 
@@ -145,7 +185,9 @@ class OtelTracing:
         return len(self._events) + len(self._batches)
 
     def received(self, record: RawRecord) -> None:
-        """Start the record's event span, continuing the producer's trace if any."""
+        """Start the record's event span, continuing the producer's trace if any (if sampled)."""
+        if not self._sampler.sampled(record):
+            return
         src = record.source
         span = self._tracer.start_span(
             f"{src.topic} process",
@@ -164,7 +206,9 @@ class OtelTracing:
     def batch_headers(self, batch: Batch) -> dict[str, str] | None:
         """Start the batch span (child of the first event's span, linked to all of them)."""
         spans = [s for s in (self._events.get(id(e.record)) for e in batch.events) if s is not None]
-        parent = trace.set_span_in_context(spans[0]) if spans else None
+        if not spans:  # no sampled event in the batch: no span, and Triton is not asked to trace
+            return None
+        parent = trace.set_span_in_context(spans[0])
         span = self._tracer.start_span(
             f"triton infer {batch.model}",
             context=parent,

@@ -17,6 +17,7 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry
 
+from engine.backoff import next_delay
 from engine.clock import LoopClock
 from engine.codec import DecodeContext
 from engine.errors import RetryableError, error_code
@@ -27,13 +28,13 @@ from engine.ports import NO_MODEL_HOOKS, NO_TRACING, InferenceBackend, ModelHook
 from engine.retry import CircuitBreaker, CircuitState, Retrier
 from engine.routing import Router, input_topics
 from engine.settings import Settings
-from inference.identity import IdentityBackend
+from inference.passthrough_backend import PassThroughBackend
 from inference.triton import TritonBackend
-from models.lifecycle import build_model_hooks
+from models.hooks import build_model_hooks
 from observability.metrics import EngineMetrics, create_metrics, observe_many
 from observability.otel_setup import configure_tracing
 from observability.server import serve
-from observability.tracing import INSTRUMENTATION, OtelTracing
+from observability.tracing import INSTRUMENTATION, HeadSampler, OtelTracing
 from streams.app import Submit, add_batch_consumer, create_app
 from streams.faust_sensor import ConsumerLag, EngineSensor
 from streams.kafka_tools import wait_for_kafka
@@ -85,7 +86,7 @@ class Worker:
         backend: InferenceBackend = triton
         if settings.triton.identity:
             log.warning("SIE_TRITON__IDENTITY is set: inference is skipped (benchmark mode)")
-            backend = IdentityBackend(triton)
+            backend = PassThroughBackend(triton)
         specs = await self._wait_for_models(backend)
         self._note_versions(await backend.model_versions())
         clock = LoopClock()
@@ -136,7 +137,7 @@ class Worker:
                 log.warning("waiting for Triton at %s: %s", self.settings.triton.url, err)
             self._set_triton_up(False)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = next_delay(delay, 2, 5.0)
 
     def _note_versions(self, versions: dict[str, list[str]]) -> None:
         for model, vs in versions.items():
@@ -203,7 +204,8 @@ class Worker:
         wait_for_kafka(self.settings.kafka.confluent_config(), log=log)
         provider = configure_tracing(self.settings)
         if provider is not None:
-            self.tracing = OtelTracing(provider.get_tracer(INSTRUMENTATION))
+            sampler = HeadSampler(self.settings.trace_sample_ratio)
+            self.tracing = OtelTracing(provider.get_tracer(INSTRUMENTATION), sampler)
         worker = faust.Worker(
             self.app,
             loglevel=self.settings.log_level.lower(),

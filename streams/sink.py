@@ -157,13 +157,23 @@ class KafkaSink:
         if self._outstanding <= 0:  # idle time before this is no stall
             self._last_answer = time.monotonic()
         producer = self._producer
+        produce = producer.produce
         on_delivery = delivery.on_delivery
         for record in records:
             headers: Headers = list(record.headers) if record.headers else None
-            try:  # a full local queue is waited out (deliveries served meanwhile)
-                await produce_waiting_async(
-                    producer, record.topic, record.value, record.key, headers, on_delivery
-                )
+            try:
+                try:  # the hot path: no coroutine per record
+                    produce(
+                        record.topic,
+                        value=record.value,
+                        key=record.key,
+                        headers=headers,
+                        on_delivery=on_delivery,
+                    )
+                except BufferError:  # a full local queue is waited out (deliveries served meanwhile)
+                    await produce_waiting_async(
+                        producer, record.topic, record.value, record.key, headers, on_delivery
+                    )
             except Exception as exc:  # refused before it was queued: a failed delivery
                 self._outstanding += 1
                 delivery.answer(_kafka_error(exc), record)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.drain import drain_rate
+from benchmarks.drain import CpuWindow, drain_rate, process_cpu_s
 from benchmarks.previous import PREVIOUS_TANSU, comparison_lines
 from benchmarks.report import write_json, write_markdown
 from benchmarks.targets import targets
@@ -38,20 +38,50 @@ def _half(offered: float, p99: float) -> dict[str, float]:
     return {"offered": offered, "achieved": offered, "p50_ms": p99 / 2, "p95_ms": p99, "p99_ms": p99}
 
 
-def test_per_worker_target_is_reported_for_the_live_sweep_and_the_drain_separately() -> None:
+def test_drain_targets_give_rate_and_cpu_per_event_by_format_and_the_engine_ratios() -> None:
     systems = {"engine, 1 worker": _system(10_000.0), "naive baseline": _system(100.0)}
-    drains = {"engine, 1 worker": {"rate": 21_000.0}, "raw client bound": {"rate": 40_000.0}}
+    drains = {
+        "engine, 1 worker": {"rate": 41_000.0, "cpu_us_per_event": 23.0},
+        "engine, 1 worker | binary": {"rate": 49_000.0, "cpu_us_per_event": 14.5},
+        "pass-through bound": {"rate": 50_000.0},
+        "raw client bound": {"rate": 200_000.0},
+    }
     rows = {t["target"]: t for t in targets(systems, drains)}
     live = rows[">= 20,000 events/s per worker, live sweep (load generator on the same cores)"]
-    drained = rows[">= 20,000 events/s per worker, draining a preloaded backlog"]
     assert (live["measured"], live["met"]) == ("10,000/s", False)
-    assert (drained["measured"], drained["met"]) == ("21,000/s (raw client bound 40,000/s)", True)
+    json_rate = rows[">= 40,000 json events/s per worker, draining a preloaded backlog"]
+    assert (json_rate["measured"], json_rate["met"]) == ("41,000/s", True)
+    assert rows["<= 22 µs worker CPU per json event (drain)"]["met"] is False
+    assert rows[">= 50,000 binary events/s per worker, draining a preloaded backlog"]["met"] is False
+    assert rows["<= 15 µs worker CPU per binary event (drain)"]["measured"] == "14.5 µs"
+    assert rows["engine >= 0.8 x pass-through (drain, JSON)"]["measured"] == "0.82x"
+    raw = rows["engine >= 0.3 x the raw confluent loop (drain, JSON)"]
+    assert (raw["measured"], raw["met"]) == ("0.20x (200,000/s)", False)
     assert rows["engine >= 20 x naive baseline"]["met"] is True
+
+
+def test_cpu_window_counts_cpu_between_the_10_and_90_percent_marks() -> None:
+    clock = iter([1.0, 1.8])  # CPU seconds read when each mark is passed
+    window = CpuWindow(1000, lambda: next(clock))
+    for received in (50, 99, 100, 500, 899):
+        window.seen(received)
+    assert window.us_per_event() is None  # the 90% mark not reached yet
+    window.seen(1000)
+    assert window.us_per_event() == pytest.approx(0.8 * 1e6 / 800)
+
+
+def test_process_cpu_of_this_process_grows_and_a_gone_pid_counts_nothing() -> None:
+    import os
+
+    before = process_cpu_s([os.getpid()])
+    sum(i * i for i in range(2_000_000))
+    assert process_cpu_s([os.getpid()]) > before
+    assert process_cpu_s([2**22 + 12345]) == 0.0
 
 
 def test_without_a_drain_there_is_no_drain_target_row() -> None:
     rows = [t["target"] for t in targets({"engine, 1 worker": _system(10_000.0)})]
-    assert not any("draining" in r for r in rows)
+    assert not any("draining" in r or "(drain" in r for r in rows)
 
 
 def test_drain_figures_and_targets_are_plain_json_numbers() -> None:

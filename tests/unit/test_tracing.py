@@ -28,10 +28,12 @@ from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSe
 from observability.metrics import create_metrics
 from observability.tracing import (
     DroppedTraceHeaders,
+    HeadSampler,
     OtelTracing,
     TraceHeaderGetter,
     extract_context,
     otlp_traces_url,
+    sampled_flag,
 )
 from tests.unit.fakes import FakeBackend, FakeSink, ManualClock, raw, spec
 
@@ -369,3 +371,61 @@ def test_trace_headers_of_arbitrary_bytes_never_raise_nor_log_raw_text(
         root.removeHandler(handler)
         root.setLevel(level)
     _assert_safe([r.getMessage() for r in records])
+
+
+def _sampled_tracing(exporter: InMemorySpanExporter, ratio: float, draws: list[float]) -> OtelTracing:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return OtelTracing(provider.get_tracer("test"), HeadSampler(ratio, iter(draws).__next__))
+
+
+def unsampled(trace_id: int = TRACE_ID, span_id: int = PARENT_ID) -> bytes:
+    return f"00-{trace_id:032x}-{span_id:016x}-00".encode()
+
+
+async def test_an_unsampled_traceparent_gets_no_span_and_its_prediction_keeps_the_producers_headers(
+    exporter: InMemorySpanExporter,
+) -> None:
+    sink, backend = FakeSink(), HeaderBackend()
+    tracing = _sampled_tracing(exporter, 1.0, [])
+    await _run(_pipeline(backend, sink, tracing), _records(2, [(("traceparent", unsampled()),)] * 2))
+    assert exporter.get_finished_spans() == ()
+    assert backend.headers == [None]  # Triton is not asked to trace either
+    assert [_header(out, "traceparent") for out in sink.on("out")] == [unsampled().decode()] * 2
+    assert tracing.open_spans == 0
+
+
+async def test_a_sampled_traceparent_is_traced_whatever_the_ratio(exporter: InMemorySpanExporter) -> None:
+    tracing = _sampled_tracing(exporter, 0.0, [])
+    await _run(
+        _pipeline(HeaderBackend(), FakeSink(), tracing), _records(1, [(("traceparent", traceparent()),)])
+    )
+    (event,) = _by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
+    assert event.context.trace_id == TRACE_ID
+
+
+async def test_events_without_traceparent_are_sampled_at_the_configured_ratio(
+    exporter: InMemorySpanExporter,
+) -> None:
+    tracing = _sampled_tracing(exporter, 0.25, [0.1, 0.9, 0.3, 0.2])  # draws below 0.25 are sampled
+    sink = FakeSink()
+    await _run(_pipeline(HeaderBackend(), sink, tracing), _records(4, [()] * 4))
+    events = _by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
+    assert sorted(e.attributes["messaging.kafka.message.offset"] for e in events) == [0, 3]  # type: ignore[index]
+    traced = [out for out in sink.on("out") if any(k == "traceparent" for k, _ in out.headers)]
+    assert len(traced) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "flag"),
+    [
+        (traceparent(), True),
+        (unsampled(), False),
+        (b"00-abc", None),
+        (traceparent()[:-2] + b"zz", None),
+        (b"x" * 55, None),
+    ],
+)
+def test_the_sampled_flag_is_read_from_a_valid_traceparent_only(value: bytes, flag: bool | None) -> None:
+    assert sampled_flag((("traceparent", value),)) is flag
+    assert sampled_flag(()) is None

@@ -1,0 +1,140 @@
+"""Where a draining worker spends its time: py-spy samples of ``sie worker`` emptying a backlog.
+
+``python -m benchmarks.profile [--events N] [--format json|binary]`` starts a
+local Apache Kafka and tritonserver, preloads a backlog, starts one worker and,
+once the first outputs arrive, samples it with ``py-spy record`` (the ``bench``
+extra) until the backlog is drained. It writes the collapsed stacks and a
+summary - the share of samples in each of our functions and in each library,
+inclusive and self - to ``reports/profile/`` and prints the summary, beside
+the drain's rate and worker CPU per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.drain import CpuWindow, drain_rate, preload, process_cpu_s, read_outputs
+from benchmarks.run import REPO, bench_events, start_servers, wipe_broker_data
+from benchmarks.systems import SYSTEMS, fresh_settings, start_system
+
+OWN_PACKAGES = ("engine/", "streams/", "inference/", "models/", "observability/", "ops/")
+
+
+def summarize(collapsed: str, top: int = 40) -> str:
+    """Inclusive and self shares of frames in py-spy's collapsed stacks (``a;b;c count`` lines)."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_short(f) for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+    if not total:
+        return "no samples\n"
+    lines = [f"{total} samples", "", "inclusive (ours):"]
+    ours = [(f, n) for f, n in inclusive.most_common() if any(p in f for p in OWN_PACKAGES)]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in ours[:top]]
+    lines += ["", "self (any):"]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
+    return "\n".join(lines) + "\n"
+
+
+def _short(frame: str) -> str:
+    """``func (path/to/site-packages/pkg/mod.py:12)`` -> ``func (pkg/mod.py)``."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", str(REPO) + "/", "lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{name} ({path})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Profile one worker draining a backlog; write and print the summary."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--format", choices=("json", "binary"), default="json")
+    parser.add_argument("--system", default="engine, 1 worker", help="a system name of benchmarks/systems.py")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "profile")
+    a = parser.parse_args(argv)
+    beside = Path(sys.executable).parent / "py-spy"
+    spy = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+    if spy is None:
+        raise SystemExit("py-spy is not installed: pip install -e '.[bench]'")
+    work = (a.out / "work").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    spec = next(s for s in SYSTEMS if s.name == a.system)
+    broker, triton, base = start_servers(work, base_partitions())
+    try:
+        settings = fresh_settings(base, spec, work)
+        preload(settings, bench_events(seed=2, fmt=a.format), a.events)
+        system = start_system(spec, base, work, settings)
+        window = CpuWindow(a.events, lambda: process_cpu_s(system.pids()))
+        try:
+            read_outputs(settings, max(a.events // 100, 1), 120, system.alive)  # started and serving
+            pid = system.pids()[0]
+            collapsed = a.out / f"{a.format}.collapsed.txt"
+            record = subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "250",
+                    "--nonblocking",
+                    "--output",
+                    str(collapsed),
+                    "--duration",
+                    "600",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            started = time.monotonic()
+            stamps = read_outputs(settings, a.events, 300, system.alive, window)
+            record.send_signal(2)  # SIGINT: py-spy writes what it has and exits
+            record.wait(30)
+        finally:
+            system.stop()
+    finally:
+        triton.stop()
+        broker.stop()
+        wipe_broker_data(work)
+    rate, _ = drain_rate(stamps)
+    cpu = window.us_per_event()
+    head = (
+        f"{a.system}, {a.format} events: {len(stamps):,}/{a.events:,} drained (sampled for "
+        f"{time.monotonic() - started:.1f} s), {rate:,.0f} events/s, {cpu} µs worker CPU/event\n\n"
+    )
+    summary = head + summarize(collapsed.read_text() if collapsed.exists() else "")
+    (a.out / f"{a.format}.summary.txt").write_text(summary)
+    print(summary)
+    return 0
+
+
+def base_partitions() -> int:
+    """The engine's default partition count (what the benchmark uses)."""
+    from engine.settings import TopicSettings
+
+    return TopicSettings().partitions
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
