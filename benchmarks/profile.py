@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stamps = read_outputs(settings, a.events, 300, system.alive, window)
             record.send_signal(2)  # SIGINT: py-spy writes what it has and exits
             record.wait(30)
+            batches = mean_batch_size([w.metrics_url for w in system.workers])
         finally:
             system.stop()
     finally:
@@ -121,12 +123,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu = window.us_per_event()
     head = (
         f"{a.system}, {a.format} events: {len(stamps):,}/{a.events:,} drained (sampled for "
-        f"{time.monotonic() - started:.1f} s), {rate:,.0f} events/s, {cpu} µs worker CPU/event\n\n"
+        f"{time.monotonic() - started:.1f} s), {rate:,.0f} events/s, {cpu} µs worker CPU/event, "
+        f"{batches} events per Triton request on average\n\n"
     )
     summary = head + summarize(collapsed.read_text() if collapsed.exists() else "")
     (a.out / f"{a.format}.summary.txt").write_text(summary)
     print(summary)
     return 0
+
+
+def mean_batch_size(metrics_urls: list[str]) -> str:
+    """Events per Triton request over the workers' lifetimes (``sie_batch_size`` sum / count)."""
+    total = count = 0.0
+    for url in metrics_urls:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("sie_batch_size_events_sum{"):
+                total += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("sie_batch_size_events_count{"):
+                count += float(line.rsplit(" ", 1)[1])
+    return f"{total / count:.0f}" if count else "unknown"
 
 
 def base_partitions() -> int:

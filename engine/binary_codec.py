@@ -28,6 +28,7 @@ check) is converted event by event, for a precise reason.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +49,10 @@ from engine.event_checks import (
     route_of,
 )
 from engine.modelspec import WIRE_DTYPES, ModelSpec, TensorSpec
-from engine.records import DeadLetter, Event, Headers, RawRecord
+from engine.records import DeadLetter, Event, Headers, RawRecord, fast_init
 from engine.routing import Route
 from engine.safe_text import cleaned, shown
+from engine.settings import LimitSettings
 
 BINARY_CONTENT_TYPE = "application/vnd.kserve.v2.binary"
 JSON_CONTENT_TYPE = "application/json"
@@ -88,6 +90,7 @@ def content_type_letter(record: RawRecord) -> DeadLetter:
     )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class BinaryParsed:
     """A binary event whose header is valid JSON with an id and a served model; tensors unchecked."""
@@ -148,12 +151,22 @@ def _header_length(record: RawRecord, size: int) -> int:
     return int(text)
 
 
-def quick_header(record: RawRecord, ctx: DecodeContext) -> BinaryParsed | None:
+Layouts = dict[bytes, tuple[str | None, Any]]  # header after the id -> (its "model", its "inputs")
+_ID_PREFIX = b'{"id":"'
+_PLAIN_ID = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]+")  # printable ASCII but no quote or backslash
+
+
+def quick_header(record: RawRecord, ctx: DecodeContext, layouts: Layouts) -> BinaryParsed | None:
     """The parsed header of an unremarkable binary event, in one pass; else None.
 
     The hot path: a few small headers, a valid header with an id, naming a served model (or
     none). None sends the record down :func:`parse_binary`, which checks everything and gives
     the reason.
+
+    ``layouts`` remembers headers already parsed, as the bytes after the id: a header that is
+    ``{"id":"<plain id>`` followed by bytes seen before (typical: one producer, one model) is
+    not parsed again. Only a tail without ``"id"`` and without escapes is remembered, so it
+    cannot change the id it follows.
     """
     value, headers, limits = record.value, record.headers, ctx.limits
     if value is None or len(headers) > limits.max_headers or len(value) > limits.max_message_bytes:
@@ -172,8 +185,36 @@ def quick_header(record: RawRecord, ctx: DecodeContext) -> BinaryParsed | None:
     length = int(raw_length)
     if not 0 < length <= len(value) or len(raw_length) > _MAX_HEADER_DIGITS:
         return None
+    end = value.find(b'"', 7, length) if value.startswith(_ID_PREFIX) else -1
+    known = layouts.get(value[end:length]) if end > 7 else None
+    if known is not None and end - 7 <= limits.max_id_length and _PLAIN_ID.fullmatch(value, 7, end):
+        event_id = value[7:end].decode("ascii")
+        name, inputs = known
+    else:
+        parsed = _parsed_header(value, length, limits)
+        if parsed is None:
+            return None
+        event_id, name, inputs = parsed
+        tail = value[end:length] if end > 7 and value[7:end] == event_id.encode() else b""
+        if tail and b'"id"' not in tail and b"\\" not in tail and len(layouts) < _MAX_LAYOUTS:
+            layouts[tail] = (name, inputs)
+    if ctx.router is not None:
+        route = ctx.router.route(record.source.topic, name, record.key or event_id.encode())
+    else:
+        route = Route(ctx.default_model if name is None else name)
+    spec = ctx.models.get(route.model)
+    if spec is None:
+        return None
+    return BinaryParsed(record, event_id, spec, route, inputs, length)
+
+
+_MAX_LAYOUTS = 16
+
+
+def _parsed_header(value: bytes, length: int, limits: LimitSettings) -> tuple[str, str | None, Any] | None:
+    """(id, model, inputs) of a header that parses with a valid id and a string or no model; else None."""
     try:
-        doc = orjson.loads(memoryview(value)[:length])
+        doc = orjson.loads(value[:length])
     except orjson.JSONDecodeError:
         return None
     if type(doc) is not dict:
@@ -183,14 +224,7 @@ def quick_header(record: RawRecord, ctx: DecodeContext) -> BinaryParsed | None:
         return None
     if name is not None and type(name) is not str:
         return None
-    if ctx.router is not None:
-        route = ctx.router.route(record.source.topic, name, record.key or event_id.encode())
-    else:
-        route = Route(ctx.default_model if name is None else name)
-    spec = ctx.models.get(route.model)
-    if spec is None:
-        return None
-    return BinaryParsed(record, event_id, spec, route, doc.get("inputs"), length)
+    return event_id, name, doc.get("inputs")
 
 
 def expected_inputs(spec: ModelSpec) -> list[dict[str, Any]] | None:
@@ -221,7 +255,7 @@ def convert_together(group: Sequence[BinaryParsed], ctx: DecodeContext) -> list[
     row = sum((t.max_elements or 0) * t.dtype.itemsize for t in spec.inputs)
     if any(len(p.record.value or b"") - p.body != row for p in group):
         return [convert_one(p, ctx) for p in group]
-    blob = np.frombuffer(b"".join(memoryview(p.record.value or b"")[p.body :] for p in group), np.uint8)
+    blob = np.frombuffer(b"".join([(p.record.value or b"")[p.body :] for p in group]), np.uint8)
     rows = blob.reshape(len(group), row)
     columns: dict[str, np.ndarray] = {}
     at = 0

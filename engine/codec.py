@@ -49,7 +49,7 @@ from engine.event_checks import (
 )
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.prediction_json import dumps_output
-from engine.records import DeadLetter, Event, RawRecord
+from engine.records import DeadLetter, Event, RawRecord, fast_init
 from engine.routing import Route
 from engine.safe_text import cleaned, shown
 from engine.settings import LimitSettings
@@ -117,11 +117,14 @@ class _BinaryHeld:
     out: list[Event | DeadLetter | None]
     groups: dict[str, list[tuple[int, binary_codec.BinaryParsed]]] = field(default_factory=dict)
     expected: dict[str, list[dict[str, Any]] | None] = field(default_factory=dict)
+    layouts: binary_codec.Layouts = field(default_factory=dict)  # headers seen in this chunk
 
     def add(self, index: int, record: RawRecord) -> None:
         """Read the header of ``record`` (at ``index``): hold it, or write its result at once."""
-        quick = binary_codec.quick_header(record, self.ctx)
-        if quick is not None and quick.inputs == self._expected(quick.spec):
+        quick = binary_codec.quick_header(record, self.ctx, self.layouts)
+        if quick is not None and quick.inputs == (
+            self.expected.get(quick.spec.name) or self._expected(quick.spec)
+        ):
             self.groups.setdefault(quick.spec.name, []).append((index, quick))
             return
         parsed_or_letter = binary_codec.parse_binary(record, self.ctx)
@@ -144,6 +147,7 @@ class _BinaryHeld:
         self.groups.clear()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class _Parsed:
     """A record whose JSON and fields are valid; its tensors are still lists."""

@@ -33,7 +33,7 @@ from engine.binary_codec import BinaryPredictions
 from engine.codec import encode_prediction
 from engine.dlq import HEADER_OVERHEAD, RECORD_OVERHEAD, dead_letter_record, fit_record, record_size
 from engine.errors import Reason
-from engine.ports import TRACE_HEADERS, ObserveMany
+from engine.ports import NO_TRACING, TRACE_HEADERS, ObserveMany
 from engine.records import BatchOutcome, Completion, DeadLetter, Event, InferenceResult, OutRecord, RawRecord
 from engine.safe_text import cleaned
 
@@ -73,6 +73,7 @@ class Outcomes:
         self._on_failure = on_failure
         limits = parts.decode_ctx.limits
         self._max_bytes = limits.max_message_bytes
+        self._tracing = parts.tracing is not NO_TRACING  # per-record calls only when tracing is on
         # Key + value bytes below which a prediction fits whatever its headers: the input's headers
         # passed their limits, and ours (content type, trace context) take less than the slack.
         headers_bound = limits.max_header_bytes + limits.max_headers * HEADER_OVERHEAD + _OWN_HEADERS_SLACK
@@ -160,8 +161,9 @@ class Outcomes:
             else:
                 outputs = {name: arr[row] for name, arr in result.outputs.items()}
                 value = encode_prediction(event, result.model_version, outputs, timing)
-            record = OutRecord(topic=self._p.topics.predictions, key=rec.key, value=value, headers=headers)
-            record = self._p.tracing.outgoing(rec, record)
+            record = OutRecord(self._p.topics.predictions, rec.key, value, headers)
+            if self._tracing:
+                record = self._p.tracing.outgoing(rec, record)
         except Exception as err:
             return DeadLetter(rec, Reason.INFERENCE_ERROR, f"prediction cannot be encoded: {describe(err)}")
         if len(value) + len(rec.key or b"") <= self._room:  # surely fits: no need to add up headers
@@ -220,9 +222,10 @@ class Outcomes:
         if self._adaptive is not None:
             for seconds in latencies:
                 self._adaptive.observe(seconds)
-        finished = self._p.tracing.finished
-        for event in events:
-            finished(event.record)
+        if self._tracing:
+            finished = self._p.tracing.finished
+            for event in events:
+                finished(event.record)
         self._p.models.on_delivered(batch, result)
 
     def _dead_delivered(self, dead: Sequence[DeadLetter]) -> None:

@@ -185,11 +185,12 @@ class Pipeline:
 
     def _admit(self, records: Sequence[RawRecord]) -> list[DeadLetter]:
         """Decode ``records`` and add the valid events to their batches; the rest are dead letters."""
-        try:
-            for record in records:
-                self._p.tracing.received(record)
-        except Exception:  # tracing is best effort; the records go on
-            log.exception("tracing failed for %d received records", len(records))
+        if self._p.tracing is not NO_TRACING:
+            try:
+                for record in records:
+                    self._p.tracing.received(record)
+            except Exception:  # tracing is best effort; the records go on
+                log.exception("tracing failed for %d received records", len(records))
         dead: list[DeadLetter] = []
         for item in self._decode(records):
             if isinstance(item, Event):

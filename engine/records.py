@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
 from engine.errors import Reason
 
 Headers = tuple[tuple[str, bytes], ...]
+_T = TypeVar("_T")
+
+
+def fast_init(cls: type[_T]) -> type[_T]:
+    """Give a frozen, slotted dataclass an ``__init__`` that sets its slots through their descriptors.
+
+    The dataclass's own ``__init__`` calls ``object.__setattr__`` by name for each field
+    (frozen classes must bypass their ``__setattr__``): 1.4 µs for eight fields, paid several
+    times per event on the hot path. Calling each slot's descriptor directly does the same
+    (the instance stays frozen, equality, hashing and ``repr`` are the dataclass's) in about
+    60% of the time. Fields must have plain defaults or none.
+    """
+    names, defaults = [], {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.default_factory is not dataclasses.MISSING or not f.init:
+            raise TypeError(f"{cls.__name__}.{f.name}: fast_init takes plain fields only")
+        names.append(f.name)
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+    params = ", ".join(f"{n}=_d_{n}" if n in defaults else n for n in names)
+    body = "".join(f"    _s_{n}(self, {n})\n" for n in names)
+    scope: dict[str, Any] = {f"_s_{n}": getattr(cls, n).__set__ for n in names}
+    scope |= {f"_d_{n}": d for n, d in defaults.items()}
+    exec(f"def __init__(self, {params}):\n{body}", scope)  # noqa: S102 - our own field names only
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    setattr(cls, "__init__", init)  # noqa: B010 - a class attribute mypy will not let us assign
+    return cls
 
 
 class Completion:
@@ -44,6 +75,7 @@ class Completion:
             self._on_done()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SourceRef:
     """Where a record came from."""
@@ -54,6 +86,7 @@ class SourceRef:
     timestamp_ms: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RawRecord:
     """One consumed Kafka record, before decoding."""
@@ -73,6 +106,7 @@ class RawRecord:
         return None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Event:
     """A decoded, validated event ready for inference."""
@@ -86,6 +120,7 @@ class Event:
     binary: bool = False  # arrived as a binary tensor event (engine/binary_codec.py)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """An event that cannot be predicted, with the reason."""
@@ -133,6 +168,7 @@ class BatchOutcome:
     finished_at: float
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OutRecord:
     """A record to produce."""

@@ -64,6 +64,10 @@ PERMANENT_CODES = frozenset(
     }
 )
 PERMANENT_RETRIES = 3
+# How often deliveries are served while outputs are outstanding. Only acknowledgements (offset
+# commits, the delivered metrics) wait for it, not the outputs themselves: 2 ms halves the
+# wake-ups of 1 ms at no cost to throughput or to the outputs' latency.
+POLL_INTERVAL_S = 0.002
 
 
 def is_permanent(err: KafkaError) -> bool:
@@ -85,8 +89,12 @@ class _Delivery:
 
     def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         """The producer's delivery callback for each of this call's records."""
-        if err is None:
-            self.answer(None, None)
+        if err is None:  # the usual case, once per output record: kept to a few steps
+            sink = self.sink
+            sink._outstanding -= 1
+            self.remaining -= 1
+            if self.remaining == 0:
+                sink.finished(self)
             return
         headers = tuple((k, bytes(v or b"")) for k, v in msg.headers() or ())
         self.answer(err, OutRecord(msg.topic(), msg.key(), msg.value(), headers))
@@ -262,7 +270,7 @@ class KafkaSink:
             task.add_done_callback(self._retries.discard)
 
     async def _poll_loop(self) -> None:
-        """Serve delivery callbacks every millisecond while records are outstanding."""
+        """Serve delivery callbacks every ``POLL_INTERVAL_S`` while records are outstanding."""
         while self._running:
             if self._outstanding <= 0:
                 self._wake.clear()
@@ -272,7 +280,7 @@ class KafkaSink:
             waited = time.monotonic() - self._last_answer
             if waited > self._stall_s and self._down_since is None and self._outstanding > 0:
                 self._outage_started(self._last_answer, f"no delivery answer for {waited:.0f}s")
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(POLL_INTERVAL_S)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Wait for queued records to be delivered, then stop polling."""

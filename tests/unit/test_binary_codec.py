@@ -305,3 +305,59 @@ def test_binary_events_follow_a_b_routing_like_json_events() -> None:
     assert all(isinstance(e, Event) for e in out)
     assert [(e.arm, e.version) for e in out] == [(t.arm, t.version) for t in twins]  # type: ignore[union-attr]
     assert {e.arm for e in out} == {"control", "new"}  # type: ignore[union-attr]
+
+
+def test_a_header_layout_seen_before_in_a_chunk_cannot_smuggle_a_different_id() -> None:
+    listed = [described("features", "FP32", [3], 12)]
+    sneaky = [
+        binary(header={"id": f"first-{i}", "inputs": listed}, offset=i)  # a plain layout, remembered
+        for i in range(3)
+    ]
+    for i in range(3, 6):  # a second "id" after the first: JSON's last one wins, as orjson reads it
+        head = b'{"id":"x%d","inputs":%s,"id":"real-%d"}' % (i, orjson.dumps(listed), i)
+        hdrs = (
+            (CONTENT_TYPE_HEADER, BINARY_CONTENT_TYPE.encode()),
+            (HEADER_LENGTH_HEADER, b"%d" % len(head)),
+        )
+        sneaky.append(raw(head + F3.tobytes(), offset=i, headers=hdrs))
+    out = decode_many(sneaky, CTX)
+    assert [e.id for e in out if isinstance(e, Event)] == [
+        "first-0",
+        "first-1",
+        "first-2",
+        "real-3",
+        "real-4",
+        "real-5",
+    ]
+    assert [e.id for e in (decode(r, CTX) for r in sneaky) if isinstance(e, Event)] == [
+        e.id for e in out if isinstance(e, Event)
+    ]
+
+
+def test_the_readme_producer_example_writes_an_event_the_engine_decodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import re
+    from pathlib import Path
+
+    import confluent_kafka
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "kserve.v2.binary" in b)
+    sent: list[dict[str, Any]] = []
+
+    class Producer:
+        def __init__(self, _config: dict[str, str]) -> None:
+            pass
+
+        def produce(self, topic: str, **kwargs: Any) -> None:
+            sent.append({"topic": topic, **kwargs})
+
+    monkeypatch.setattr(confluent_kafka, "Producer", Producer)
+    row = np.linspace(0.1, 3.0, 30)
+    exec(example, {"row": row})  # noqa: S102 - the README's own example
+    (record,) = sent
+    ctx = DecodeContext({"breast_cancer": spec("breast_cancer", 30)}, "breast_cancer", LimitSettings())
+    out = decode(raw(record["value"], key=record["key"], headers=tuple(record["headers"])), ctx)
+    assert isinstance(out, Event) and out.id == "order-17" and out.binary
+    np.testing.assert_allclose(out.inputs["features"], row.astype(np.float32))
