@@ -14,7 +14,8 @@ import pytest
 from engine.binary_codec import CONTENT_TYPE_HEADER, HEADER_LENGTH_HEADER, decode_binary_value
 from engine.settings import Settings
 from model_repository.numpy_reference import load_reference
-from ops.embedded import ManagedProcess, child_env, http_ok
+from ops.embedded import ManagedProcess, child_env, free_port
+from ops.embedded.process import http_ok
 from ops.eventgen import generate, load_profiles
 from ops.stack import settings_env
 from tests.integration.conftest import MODEL_REPOSITORY, StartWorker
@@ -98,7 +99,6 @@ def test_json_and_binary_events_in_one_topic_each_get_one_answer_in_their_format
 def test_worker_processes_share_the_group_and_each_serves_its_own_metrics(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
-    from ops.embedded import free_port
 
     base_port = free_port()
     settings = stack_settings.model_copy(update={"metrics_port": base_port})
