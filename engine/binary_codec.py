@@ -77,8 +77,16 @@ def is_binary(record: RawRecord) -> bool | None:
     return False if kind == _JSON or not kind else None
 
 
-def content_type_letter(record: RawRecord) -> DeadLetter:
-    """The dead letter of a record whose content-type is neither JSON nor binary tensors."""
+def content_type_letter(record: RawRecord, limits: LimitSettings) -> DeadLetter:
+    """The dead letter of a record whose content-type is neither JSON nor binary tensors.
+
+    The key and headers are checked first, as for every record (a record over their limits is
+    ``too_large`` whatever it says it holds).
+    """
+    try:
+        check_envelope(record, limits)
+    except EventError as err:
+        return letter(record, err)
     shown_type = shown(record.header(CONTENT_TYPE_HEADER) or b"", SHOWN_NAME_CHARS)
     return letter(
         record,

@@ -63,7 +63,7 @@ def decode(record: RawRecord, ctx: DecodeContext) -> Event | DeadLetter:
     """Turn one raw record into a valid event, or a dead letter with a reason."""
     binary = binary_codec.is_binary(record)
     if binary is None:
-        return binary_codec.content_type_letter(record)
+        return binary_codec.content_type_letter(record, ctx.limits)
     if binary:
         header = binary_codec.parse_binary(record, ctx)
         return header if isinstance(header, DeadLetter) else binary_codec.convert_one(header, ctx)
@@ -92,7 +92,7 @@ def decode_many(records: Sequence[RawRecord], ctx: DecodeContext) -> list[Event 
             tensors.add(i, record)
             continue
         if binary is None:
-            out[i] = binary_codec.content_type_letter(record)
+            out[i] = binary_codec.content_type_letter(record, ctx.limits)
             continue
         size = len(record.value or b"")
         if held.bytes + size > budget:

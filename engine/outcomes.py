@@ -68,7 +68,7 @@ class Outcomes:
         adaptive: AdaptiveBatching | None = None,
         on_failure: Callable[[str], None] | None = None,
     ) -> None:
-        self._p = parts
+        self._parts = parts
         self._adaptive = adaptive
         self._on_failure = on_failure
         limits = parts.decode_ctx.limits
@@ -110,24 +110,28 @@ class Outcomes:
         if wrong is not None:
             await self.dead(letters((e.record for e in batch.events), Reason.INFERENCE_ERROR, wrong))
             return
-        out, predicted, dead = self._outputs(outcome, result)
+        out, predicted, dead, stamps = self._outputs(outcome, result)
         if out:
-            await self._send(out, lambda: self._predictions_delivered(outcome, predicted))
+            if len(predicted) != len(batch):  # some became dead letters: their stamps go too
+                stamps = _stamps([e.record for e in predicted])
+            await self._send(out, lambda: self._predictions_delivered(outcome, predicted, stamps))
         await self.dead(dead)
 
     def _outputs(
         self, outcome: BatchOutcome, result: InferenceResult
-    ) -> tuple[list[OutRecord], list[Event], list[DeadLetter]]:
-        """The prediction records of a batch, the events they are for, and the events dead-lettered."""
+    ) -> tuple[list[OutRecord], list[Event], list[DeadLetter], np.ndarray]:
+        """The prediction records of a batch, the events they are for, the events dead-lettered,
+        and the batch's records' timestamps (ms, 0 for none)."""
         batch = outcome.batch
         records = [e.record for e in batch.events]
-        waits = self._p.metrics.batch_wait.labels(batch.model)
-        queue_list, total_list = _event_times(outcome, records, waits, self._p.observe_many)
+        waits = self._parts.metrics.batch_wait.labels(batch.model)
+        stamps = _stamps(records)
+        queue_list, total_list = _event_times(outcome, records, stamps, waits, self._parts.observe_many)
         inference_ms = round((outcome.finished_at - outcome.sent_at) * 1000.0, 3)
         out: list[OutRecord] = []
         predicted: list[Event] = []
         dead: list[DeadLetter] = []
-        fmt = self._p.topics.output_format
+        fmt = self._parts.topics.output_format
         wanted = fmt == "binary" or fmt == "auto" and any(e.binary for e in batch.events)
         binary = _binary_encoder(result) if wanted else None
         for i, event in enumerate(batch.events):
@@ -139,7 +143,7 @@ class Outcomes:
             else:
                 out.append(item)
                 predicted.append(event)
-        return out, predicted, dead
+        return out, predicted, dead, stamps
 
     def _prediction(
         self,
@@ -152,7 +156,8 @@ class Outcomes:
         """``binary``: the batch's binary encoder (or why it could not be built); None for JSON."""
         rec = event.record
         try:
-            headers = tuple((k, v) for k, v in rec.headers if k in TRACE_HEADERS) if rec.headers else ()
+            hdrs = rec.headers
+            headers = tuple([h for h in hdrs if h[0] in TRACE_HEADERS]) if hdrs else ()
             if isinstance(binary, Exception):
                 raise binary
             if binary is not None:
@@ -161,9 +166,9 @@ class Outcomes:
             else:
                 outputs = {name: arr[row] for name, arr in result.outputs.items()}
                 value = encode_prediction(event, result.model_version, outputs, timing)
-            record = OutRecord(self._p.topics.predictions, rec.key, value, headers)
+            record = OutRecord(self._parts.topics.predictions, rec.key, value, headers)
             if self._tracing:
-                record = self._p.tracing.outgoing(rec, record)
+                record = self._parts.tracing.outgoing(rec, record)
         except Exception as err:
             return DeadLetter(rec, Reason.INFERENCE_ERROR, f"prediction cannot be encoded: {describe(err)}")
         if len(value) + len(rec.key or b"") <= self._room:  # surely fits: no need to add up headers
@@ -175,9 +180,9 @@ class Outcomes:
         return record
 
     def _dead_record(self, letter: DeadLetter) -> OutRecord:
-        topic = self._p.topics.dlq
+        topic = self._parts.topics.dlq
         try:
-            record = self._p.tracing.outgoing(letter.record, dead_letter_record(letter, topic))
+            record = self._parts.tracing.outgoing(letter.record, dead_letter_record(letter, topic))
             return fit_record(record, self._max_bytes)
         except Exception as err:  # never lose the letter: without the original bytes, but with the reason
             log.exception("dead letter of %s kept without its original record", letter.record.source)
@@ -187,7 +192,7 @@ class Outcomes:
     async def _send(self, out: list[OutRecord], delivered: Callable[[], None]) -> None:
         """Hand ``out`` to the sink; ``delivered`` runs once the broker acknowledged every record."""
         try:
-            future = await self._p.sink.send(out)
+            future = await self._parts.sink.send(out)
         except Exception as err:  # the producer itself is broken: nothing can be delivered any more
             self.fail(f"producer failed: {describe(err)}")
             return
@@ -202,38 +207,42 @@ class Outcomes:
             return
         delivered()
 
-    def _predictions_delivered(self, outcome: BatchOutcome, events: Sequence[Event]) -> None:
+    def _predictions_delivered(
+        self, outcome: BatchOutcome, events: Sequence[Event], stamps: np.ndarray
+    ) -> None:
         try:
-            self._observe_predictions(outcome, events)
+            self._observe_predictions(outcome, events, stamps)
         except Exception:
             log.exception("metrics or hooks failed for delivered predictions of %s", outcome.batch.model)
         finally:
             self._done([e.record for e in events])
 
-    def _observe_predictions(self, outcome: BatchOutcome, events: Sequence[Event]) -> None:
+    def _observe_predictions(
+        self, outcome: BatchOutcome, events: Sequence[Event], stamps: np.ndarray
+    ) -> None:
+        """Count ``events``' predictions and observe their end-to-end latency (``stamps``: theirs, ms)."""
         batch, result = outcome.batch, outcome.result
         assert result is not None
-        metrics = self._p.metrics
+        metrics = self._parts.metrics
         metrics.predictions.labels(batch.model, result.model_version).inc(len(events))
         now_ms = time.time() * 1000.0
-        stamps = [e.record.source.timestamp_ms for e in events]
-        latencies = [max(now_ms - ts, 0.0) / 1000.0 for ts in stamps if ts]
-        self._p.observe_many(metrics.e2e_latency.labels(batch.model), latencies)
+        latencies = np.maximum(now_ms - stamps[stamps > 0], 0.0) / 1000.0
+        self._parts.observe_many(metrics.e2e_latency.labels(batch.model), latencies)
         if self._adaptive is not None:
             for seconds in latencies:
                 self._adaptive.observe(seconds)
         if self._tracing:
-            finished = self._p.tracing.finished
+            finished = self._parts.tracing.finished
             for event in events:
                 finished(event.record)
-        self._p.models.on_delivered(batch, result)
+        self._parts.models.on_delivered(batch, result)
 
     def _dead_delivered(self, dead: Sequence[DeadLetter]) -> None:
         try:
-            counter = self._p.metrics.dead_letters
+            counter = self._parts.metrics.dead_letters
             for letter in dead:
                 counter.labels(letter.reason.value).inc()
-                self._p.tracing.finished(letter.record, letter.reason.value)
+                self._parts.tracing.finished(letter.record, letter.reason.value)
         except Exception:
             log.exception("metrics or tracing failed for %d delivered dead letters", len(dead))
         finally:
@@ -246,7 +255,7 @@ class Outcomes:
     def _track(self, n: int) -> None:
         self.undelivered += n
         self.idle.clear() if self.undelivered else self.idle.set()
-        self._p.metrics.pending_events.set(self.undelivered)
+        self._parts.metrics.pending_events.set(self.undelivered)
 
 
 def _binary_encoder(result: InferenceResult) -> BinaryPredictions | Exception:
@@ -266,8 +275,17 @@ def _rows_problem(result: InferenceResult, events: int) -> str | None:
     return None
 
 
+def _stamps(records: Sequence[RawRecord]) -> np.ndarray:
+    """The records' Kafka timestamps, ms (0 where a record has none)."""
+    return np.fromiter((r.source.timestamp_ms or 0 for r in records), np.float64, len(records))
+
+
 def _event_times(
-    outcome: BatchOutcome, records: Sequence[RawRecord], waits: Any, observe_many: ObserveMany
+    outcome: BatchOutcome,
+    records: Sequence[RawRecord],
+    stamps: np.ndarray,
+    waits: Any,
+    observe_many: ObserveMany,
 ) -> tuple[list[float], list[float]]:
     """Per-event queue and total milliseconds in one numpy pass; observes the queue times on ``waits``.
 
@@ -275,7 +293,6 @@ def _event_times(
     record has no timestamp).
     """
     received = np.fromiter((r.received_at for r in records), np.float64, len(records))
-    stamps = np.fromiter((r.source.timestamp_ms or 0 for r in records), np.float64, len(records))
     queue_s = np.maximum(outcome.sent_at - received, 0.0)
     observe_many(waits, queue_s)
     total_ms = np.where(stamps > 0, time.time() * 1000.0 - stamps, (outcome.finished_at - received) * 1000.0)

@@ -77,7 +77,7 @@ class Pipeline:
     """See the module docstring."""
 
     def __init__(self, parts: PipelineParts, clock: Clock | None = None) -> None:
-        self._p = parts
+        self._parts = parts
         self._clock = clock or LoopClock()
         self.decode_ctx = parts.decode_ctx
         models = parts.decode_ctx.models
@@ -118,15 +118,15 @@ class Pipeline:
             return
         self._out.admit(len(records))
         for topic, n in Counter(r.source.topic for r in records).items():  # chunks may mix topics
-            self._p.metrics.events_consumed.labels(topic).inc(n)
+            self._parts.metrics.events_consumed.labels(topic).inc(n)
         dead = self._admit(records)
-        if self._adaptive is not None and self._inferring < self._p.batch.max_in_flight:
+        if self._adaptive is not None and self._inferring < self._parts.batch.max_in_flight:
             # Triton has a free slot: send what this chunk brought now instead of waiting for
             # the deadline; under load the slots stay busy and batches grow (adaptive batching)
             self._batcher.flush_all()
         await self._out.dead(dead)
         if self._outstanding >= self._max_outstanding:  # backpressure: consumption pauses
-            self._p.metrics.stream_buffer_full.labels(records[0].source.topic).inc()
+            self._parts.metrics.stream_buffer_full.labels(records[0].source.topic).inc()
         while self._outstanding >= self._max_outstanding:
             self._capacity.clear()
             await self._capacity.wait()
@@ -185,10 +185,10 @@ class Pipeline:
 
     def _admit(self, records: Sequence[RawRecord]) -> list[DeadLetter]:
         """Decode ``records`` and add the valid events to their batches; the rest are dead letters."""
-        if self._p.tracing is not NO_TRACING:
+        if self._parts.tracing is not NO_TRACING:
             try:
                 for record in records:
-                    self._p.tracing.received(record)
+                    self._parts.tracing.received(record)
             except Exception:  # tracing is best effort; the records go on
                 log.exception("tracing failed for %d received records", len(records))
         dead: list[DeadLetter] = []
@@ -227,7 +227,7 @@ class Pipeline:
         task.add_done_callback(self._inferred)
         self._fifo.put_nowait((batch, task))
         try:
-            self._p.models.on_dispatch(batch)
+            self._parts.models.on_dispatch(batch)
         except Exception:
             log.exception("model hooks failed for a dispatched batch of %s", batch.model)
 
@@ -242,7 +242,7 @@ class Pipeline:
             now = self._clock.now()
             bad = DeadLetter(batch.events[0].record, Reason.BAD_SHAPE, f"cannot stack: {describe(err)}")
             return BatchOutcome(batch=batch, result=None, error=bad, sent_at=now, finished_at=now)
-        metrics = self._p.metrics
+        metrics = self._parts.metrics
         result: InferenceResult | None = None
         error: DeadLetter | None = None
         async with self._in_flight:
@@ -260,23 +260,23 @@ class Pipeline:
         return BatchOutcome(batch=batch, result=result, error=error, sent_at=sent_at, finished_at=finished)
 
     async def _call_backend(self, batch: Batch, inputs: dict[str, np.ndarray]) -> InferenceResult:
-        headers = self._p.tracing.batch_headers(batch)
+        headers = self._parts.tracing.batch_headers(batch)
         pinned = {"version": batch.version} if batch.version else {}  # A/B arm on a version
-        result = await self._p.retrier.call(
-            lambda: self._p.backend.infer(batch.model, inputs, headers=headers, **pinned)
+        result = await self._parts.retrier.call(
+            lambda: self._parts.backend.infer(batch.model, inputs, headers=headers, **pinned)
         )
-        self._p.tracing.batch_done(batch)
+        self._parts.tracing.batch_done(batch)
         return result
 
     def _batch_error(self, batch: Batch, err: Exception) -> DeadLetter:
-        self._p.metrics.triton_errors.labels(error_code(err)).inc()
+        self._parts.metrics.triton_errors.labels(error_code(err)).inc()
         if isinstance(err, FatalError):
             reason, message = err.reason, str(err)
         else:
             log.error("inference of a batch of %s failed unexpectedly: %s", batch.model, describe(err))
             reason, message = Reason.INFERENCE_ERROR, describe(err)
         try:
-            self._p.tracing.batch_done(batch, err)
+            self._parts.tracing.batch_done(batch, err)
         except Exception:
             log.exception("tracing failed for a failed batch of %s", batch.model)
         return DeadLetter(batch.events[0].record, reason, message)

@@ -67,6 +67,12 @@ async def note_gaps(
     """Offsets the broker skipped (compaction, transaction markers) count as done, or the committed
     offset could never pass them: ``add_gap(tp, first, last)`` (both ends included) for each hole
     between ``read`` (the last offset read before, None: nothing yet) and ``records``."""
+    if not records:
+        return
+    first = records[0].offset
+    span = records[-1].offset - first
+    if span == len(records) - 1 and (read is None or first == read + 1):
+        return  # consecutive offsets right after the last one read: no hole (the usual case)
     previous = read
     for r in records:
         if previous is not None and r.offset - previous > 1:
@@ -198,7 +204,10 @@ class EngineConsumer(faust_aiokafka.Consumer):
             if active is not None and tp not in active and tp not in self._buffered_partitions:
                 continue
             read = self._read_offset[tp]
-            fresh = [r for r in recs if read is None or r.offset >= read]
+            if read is None or (recs and recs[0].offset >= read):  # offsets ascend within a partition
+                fresh = list(recs)
+            else:
+                fresh = [r for r in recs if r.offset >= read]
             if not fresh:
                 continue
             if self.app.topics.acks_enabled_for(tp.topic):

@@ -137,6 +137,11 @@ async def test_offsets_the_broker_skipped_are_noted_as_gaps_so_commits_can_pass_
     calls.clear()
     await note_gaps(add_gap, tp, None, batch[:2])
     assert calls == []  # nothing read yet on this partition: no gap before the first record
+    consecutive = [Rec("events", 0, o) for o in range(20, 25)]
+    await note_gaps(add_gap, tp, 19, consecutive)
+    assert calls == []  # right after the last offset read, no hole: the usual case
+    await note_gaps(add_gap, tp, 17, consecutive)
+    assert calls == [(18, 19)]  # consecutive records, but a hole before the first
 
 
 def test_chunks_keep_offset_order_and_split_a_partition_across_chunks() -> None:

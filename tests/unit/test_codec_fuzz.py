@@ -21,10 +21,11 @@ from unittest import mock
 
 import numpy as np
 import orjson
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import engine.codec as codec
+from engine.binary_codec import BINARY_CONTENT_TYPE, CONTENT_TYPE_HEADER, HEADER_LENGTH_HEADER
 from engine.codec import MAX_MESSAGE_CHARS, DecodeContext, decode, decode_many
 from engine.errors import Reason
 from engine.modelspec import ModelSpec, TensorSpec
@@ -136,11 +137,24 @@ def _envelope_reason(key: bytes | None, headers: Headers) -> Reason | None:
     return None
 
 
+def _content_type(headers: Headers) -> bytes:
+    """The media type of the last ``content-type`` header, lower case, without parameters (b"": none)."""
+    values = [v for k, v in headers if k == CONTENT_TYPE_HEADER and v is not None]
+    return values[-1].split(b";", 1)[0].strip().lower() if values else b""
+
+
 def expected_reason(value: bytes | None, key: bytes | None = b"k", headers: Headers = ()) -> Reason | None:
     """The event contract as a checklist; None means a valid event. A field set to null is absent."""
     envelope = _envelope_reason(key, headers)
     if envelope is not None:
         return envelope
+    kind = _content_type(headers)
+    if kind == BINARY_CONTENT_TYPE.encode():  # a JSON value read as a binary event
+        assume(not any(k == HEADER_LENGTH_HEADER for k, _ in headers))  # (a fuzzed twin of both names)
+        too_large = value is not None and len(value) > LIMITS.max_message_bytes
+        return Reason.TOO_LARGE if too_large else Reason.INVALID_EVENT  # no header length given
+    if kind not in (b"", b"application/json"):
+        return Reason.INVALID_EVENT  # a content-type the engine does not read
     if value is None:
         return Reason.INVALID_JSON
     if len(value) > LIMITS.max_message_bytes:
@@ -347,7 +361,9 @@ def dtype_events(draw: st.DrawFn) -> bytes:
     return json.dumps(doc).encode()  # json, not orjson: integers past 64 bits are written as they are
 
 
-header_names = st.one_of(st.sampled_from(["traceparent", "tracestate", "x"]), st.text(max_size=12))
+header_names = st.one_of(
+    st.sampled_from(["traceparent", "tracestate", "x", CONTENT_TYPE_HEADER]), st.text(max_size=12)
+)
 headers_lists = st.lists(st.tuples(header_names, st.binary(max_size=40)), max_size=LIMITS.max_headers + 2)
 keys = st.one_of(st.none(), st.binary(max_size=LIMITS.max_key_bytes + 16))
 

@@ -266,7 +266,7 @@ async def test_a_stuck_shadow_is_dropped_not_waited_for() -> None:
     backend, sink, shadow_sink = VersionedBackend(), FakeSink(), FakeSink()
     shadow_sink.hold = True  # shadow deliveries never complete
     p, registry = pipeline(backend, sink, {"shadows": {"m": [{"model": "s"}]}}, shadow_sink)
-    p._p.models.shadow._max_undelivered = 8  # type: ignore[attr-defined]
+    p._parts.models.shadow._max_undelivered = 8  # type: ignore[attr-defined]
     await p.start()
     acked: list[int] = []
     for _ in range(4):
