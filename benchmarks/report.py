@@ -127,7 +127,9 @@ def write_markdown(report: dict[str, Any], path: Path, plot: Path, json_path: Pa
         "",
         *_setup_lines(report),
         f"Model `{report['model']}` ({report['partitions']} partitions, JSON events of about "
-        f"{report['event_bytes']} bytes). Latency is end to end: producer hand-off of the event to the "
+        f"{report['event_bytes']} bytes; binary tensor events of "
+        f"{report.get('binary_event_bytes', '-')} bytes where the table says so). "
+        "Latency is end to end: producer hand-off of the event to the "
         "prediction read back from the output topic (same clock, same process). Percentiles in the first "
         "table are those of the highest offered rate the system kept up with.",
         "",

@@ -164,7 +164,10 @@ class _SystemRun:
         if self._running is None:
             system = start_system(self._spec, self._base, self._work)
             sweeper = Sweeper(
-                system, bench_events(seed=1), self._config, lambda msg: self._console.print(f"  {msg}")
+                system,
+                bench_events(seed=1, fmt=self._spec.event_format),
+                self._config,
+                lambda msg: self._console.print(f"  {msg}"),
             )
             self._running = (system, sweeper)
             sweeper.prime()
@@ -287,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report |= {"partitions": base.topics.partitions, "slo_ms": SLO_MS, "systems": {}, "triton_bound": []}
     sample = next(generate(load_profiles(REPO / "model_repository", [MODEL]), 1))
     report["event_bytes"] = len(sample.value)
+    report["binary_event_bytes"] = len(next(bench_events(seed=0, fmt="binary")).value)
     try:
         if opts.perf:
             report["triton_bound"] = [p.as_dict() for p in _perf(triton.grpc_url, work, opts.quick, console)]

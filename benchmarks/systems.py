@@ -26,6 +26,7 @@ class SystemSpec:
     adaptive: bool = False
     slo_ms: float = SLO_MS  # the adaptive controller's p99 target
     quick: bool = True  # part of --quick runs
+    event_format: str = "json"  # of the events it is offered: json | binary (engine/binary_codec.py)
 
 
 SYSTEMS = (
@@ -34,6 +35,7 @@ SYSTEMS = (
     SystemSpec("naive baseline", "naive", start_rate=50.0),
     SystemSpec("engine, 1 worker", "engine", 1),
     SystemSpec("engine, 2 workers", "engine", 2),
+    SystemSpec("engine, 1 worker, binary events", "engine", 1, event_format="binary"),
     SystemSpec(f"engine, 1 worker, adaptive (SLO {SLO_MS:.0f} ms)", "engine", 1, adaptive=True),
     SystemSpec("engine, 1 worker, fixed 1 ms deadline", "engine", 1, delay_ms=1.0, quick=False),
     SystemSpec("engine, 1 worker, fixed 20 ms deadline", "engine", 1, delay_ms=20.0, quick=False),
@@ -72,7 +74,8 @@ class RunningSystem:
 
 def fresh_settings(base: Settings, spec: SystemSpec, work_dir: Path) -> Settings:
     """``base`` with fresh topics and group for ``spec``; creates the topics."""
-    tag = f"{spec.kind}{spec.workers}{'a' if spec.adaptive else ''}-{uuid.uuid4().hex[:6]}"
+    adaptive = "a" if spec.adaptive else ""
+    tag = f"{spec.kind}{spec.workers}{adaptive}{spec.event_format[0]}-{uuid.uuid4().hex[:6]}"
     settings = base.model_copy(
         update={
             "topics": base.topics.model_copy(
