@@ -28,6 +28,35 @@ from benchmarks.systems import SYSTEMS, fresh_settings, start_system
 OWN_PACKAGES = ("engine/", "streams/", "inference/", "models/", "observability/", "ops/")
 
 
+# Stages of an event's way through a worker, by a frame that marks them (first match wins, in order).
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Kafka fetch and parse (aiokafka, Faust's consumer thread)", ("aiokafka/", "AIOKafkaConsumerThread")),
+    ("producing outputs (confluent-kafka, delivery callbacks)", ("KafkaSink.", "_Delivery.")),
+    ("Triton client (tritonclient, gRPC)", ("TritonBackend.infer", "grpc/")),
+    ("decoding events", ("decode_many", "Pipeline._decode")),
+    ("encoding predictions and dead letters", ("Outcomes._outputs", "Outcomes.dead")),
+    ("acknowledging: metrics, offsets, completions", ("Outcomes._sent", "ack_offsets", "Completion.")),
+    ("batching and dispatch", ("MicroBatcher.", "Pipeline._dispatch", "Pipeline._infer", "stacked_inputs")),
+    ("records from Kafka (to_raw, chunks)", ("batch_handler", "EngineConsumer.")),
+    ("event loop and threads (asyncio, mode)", ("asyncio/", "mode/", "threading.py", "selectors.py")),
+)
+
+
+def stages(collapsed: str) -> list[tuple[str, float]]:
+    """Share of samples per stage of :data:`STAGES` (and "other"), largest first."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        frames = stack.split(";")
+        name = next((stage for stage, marks in STAGES if any(m in f for f in frames for m in marks)), "other")
+        counts[name] += int(count)
+    return [(name, n / total) for name, n in counts.most_common()] if total else []
+
+
 def summarize(collapsed: str, top: int = 40) -> str:
     """Inclusive and self shares of frames in py-spy's collapsed stacks (``a;b;c count`` lines)."""
     inclusive: Counter[str] = Counter()
@@ -45,7 +74,9 @@ def summarize(collapsed: str, top: int = 40) -> str:
         own[frames[-1]] += n
     if not total:
         return "no samples\n"
-    lines = [f"{total} samples", "", "inclusive (ours):"]
+    lines = [f"{total} samples", "", "by stage:"]
+    lines += [f"  {100 * share:5.1f}%  {name}" for name, share in stages(collapsed)]
+    lines += ["", "inclusive (ours):"]
     ours = [(f, n) for f, n in inclusive.most_common() if any(p in f for p in OWN_PACKAGES)]
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in ours[:top]]
     lines += ["", "self (any):"]

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from engine.binary_codec import binary_header_length
 from ops.eventgen import GeneratedEvent
 from streams.producer import Headers, new_producer, produce_waiting
 
@@ -126,6 +127,17 @@ class Snapshot:
     p99_ms: float
 
 
+def prediction_id(value: bytes | None, headers: list[tuple[str, bytes]] | None) -> str | None:
+    """The ``id`` of a prediction, JSON or binary (its JSON header); None when it has none."""
+    try:
+        length = binary_header_length(headers or ())
+        doc = orjson.loads((value or b"{}")[:length] if length else value or b"{}")
+        event_id = doc.get("id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return event_id if isinstance(event_id, str) else None
+
+
 class PredictionMonitor(threading.Thread):
     """Reads predictions and dead letters, matches them to send times, keeps rolling figures."""
 
@@ -184,7 +196,7 @@ class PredictionMonitor(threading.Thread):
                 now = time.monotonic()
                 for msg in [first, *consumer.consume(1000, 0)]:
                     if not msg.error():
-                        self._on_message(msg.topic() or "", msg.value(), now)
+                        self._on_message(msg.topic() or "", msg.value(), now, msg.headers())  # type: ignore[arg-type]  # a list of (str, bytes) from a consumer
         finally:
             consumer.close()
 
@@ -201,15 +213,14 @@ class PredictionMonitor(threading.Thread):
             lat = np.array([lat for t, lat in self.samples if start <= t < end])
         return arrived, lat
 
-    def _on_message(self, topic: str, value: bytes | None, now: float) -> None:
+    def _on_message(
+        self, topic: str, value: bytes | None, now: float, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         with self._lock:
             self.arrivals.append(now)
         if topic == self._topics[0]:
             self.predictions += 1
-            try:
-                event_id = orjson.loads(value or b"{}").get("id")
-            except (orjson.JSONDecodeError, AttributeError):
-                event_id = None
+            event_id = prediction_id(value, headers)
             sent = self._log.pop(event_id) if isinstance(event_id, str) else None
             if sent is None:
                 self.unmatched += 1

@@ -11,6 +11,7 @@ from engine.codec import DecodeContext, decode
 from engine.records import DeadLetter, Event
 from engine.settings import LimitSettings
 from ops.binary_events import BinaryConverter
+from ops.loadgen import prediction_id
 from tests.unit.fakes import raw
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -38,3 +39,19 @@ def test_json_lines_convert_to_binary_events_with_the_models_dtypes() -> None:
     np.testing.assert_array_equal(first.inputs["features"], np.arange(30))
     assert isinstance(second, Event) and second.model == "iris"
     assert [d.reason.value for d in decoded[2:] if isinstance(d, DeadLetter)] == ["invalid_json", "bad_dtype"]
+
+
+def test_the_load_generators_monitor_reads_ids_of_json_and_binary_predictions() -> None:
+    from engine.binary_codec import BinaryPredictions
+
+    converter = BinaryConverter.from_repository(REPOSITORY, "breast_cancer")
+    ctx = DecodeContext(converter.specs, "breast_cancer", LimitSettings())
+    value, headers = converter.convert(orjson.dumps({"id": "ev-7", "features": list(range(30))})) or (b"", ())
+    event = decode(raw(value, headers=tuple(headers)), ctx)
+    assert isinstance(event, Event)
+    out, out_headers = BinaryPredictions("1", {"probabilities": np.zeros((1, 2), np.float32)}).encode(
+        event, 0, {}
+    )
+    assert prediction_id(out, list(out_headers)) == "ev-7"
+    assert prediction_id(b'{"id": "ev-8", "outputs": {}}', None) == "ev-8"
+    assert prediction_id(b"\x00not json", [("content-type", b"application/json")]) is None
