@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from benchmarks.drain import CpuWindow, drain_rate, preload, process_cpu_s, read_outputs
@@ -42,18 +42,21 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def samples(collapsed: str) -> Iterator[tuple[list[str], int]]:
+    """(frames, root first; count) of each line of py-spy's collapsed stacks (``a;b;c count``)."""
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            yield stack.split(";"), int(count)
+
+
 def stages(collapsed: str) -> list[tuple[str, float]]:
     """Share of samples per stage of :data:`STAGES` (and "other"), largest first."""
     counts: Counter[str] = Counter()
-    total = 0
-    for line in collapsed.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        total += int(count)
-        frames = stack.split(";")
+    for frames, n in samples(collapsed):
         name = next((stage for stage, marks in STAGES if any(m in f for f in frames for m in marks)), "other")
-        counts[name] += int(count)
+        counts[name] += n
+    total = sum(counts.values())
     return [(name, n / total) for name, n in counts.most_common()] if total else []
 
 
@@ -62,13 +65,9 @@ def summarize(collapsed: str, top: int = 40) -> str:
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
-    for line in collapsed.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
+    for raw_frames, n in samples(collapsed):
         total += n
-        frames = [_short(f) for f in stack.split(";")]
+        frames = [_short(f) for f in raw_frames]
         for frame in set(frames):
             inclusive[frame] += n
         own[frames[-1]] += n

@@ -1,21 +1,4 @@
-"""Binary tensor events: KServe v2's binary tensor extension, carried in a Kafka record.
-
-A record whose ``content-type`` header is :data:`BINARY_CONTENT_TYPE` holds
-
-* a JSON *inference header* of ``inference-header-content-length`` bytes (a
-  Kafka header, as Triton's HTTP header of the same name)::
-
-    {"id": "ev-1", "model": "breast_cancer",
-     "inputs": [{"name": "input__0", "datatype": "FP32", "shape": [30],
-                 "parameters": {"binary_data_size": 120}}]}
-
-  (``model`` optional as in JSON events; ``shape`` is one event's, without the
-  batch axis; every model input once);
-* then each input's elements as raw little-endian bytes, in the header's
-  order, ``binary_data_size`` bytes each, nothing after the last.
-
-Predictions of binary events are binary too (``outputs`` described the same
-way, then their bytes), unless ``SIE_OUTPUT_FORMAT`` says otherwise.
+"""Decoding binary tensor events (the layout: :mod:`engine.binary_format`).
 
 Events are checked exactly as JSON events are - the same limits and reason
 codes: ``datatype`` must be the model's (``bad_dtype``), ``shape`` its dims
@@ -36,6 +19,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from engine.binary_format import (
+    BINARY_CONTENT_TYPE,
+    CONTENT_TYPE_HEADER,
+    HEADER_LENGTH_HEADER,
+    JSON_CONTENT_TYPE,
+)
 from engine.dtypes import json_kind, triton_name
 from engine.errors import EventError, Reason
 from engine.event_checks import (
@@ -48,16 +37,12 @@ from engine.event_checks import (
     letter,
     route_of,
 )
-from engine.modelspec import WIRE_DTYPES, ModelSpec, TensorSpec
-from engine.records import DeadLetter, Event, Headers, RawRecord, fast_init
+from engine.modelspec import ModelSpec, TensorSpec
+from engine.records import DeadLetter, Event, RawRecord, fast_init
 from engine.routing import Route
 from engine.safe_text import cleaned, shown
 from engine.settings import LimitSettings
 
-BINARY_CONTENT_TYPE = "application/vnd.kserve.v2.binary"
-JSON_CONTENT_TYPE = "application/json"
-CONTENT_TYPE_HEADER = "content-type"
-HEADER_LENGTH_HEADER = "inference-header-content-length"
 _BINARY = BINARY_CONTENT_TYPE.encode()
 _JSON = JSON_CONTENT_TYPE.encode()
 _MAX_HEADER_DIGITS = 10
@@ -403,99 +388,3 @@ def _checked(chunk: np.ndarray, t: TensorSpec, shape: tuple[int, ...]) -> np.nda
                 Reason.BAD_DTYPE, f"input {t.name!r}{at} is byte {int(chunk[bad[0]])}; BOOL takes 0 or 1"
             )
     return arr.astype(t.dtype, copy=True)  # its own memory, not the record's
-
-
-def encode_binary_event(
-    event_id: str, inputs: Mapping[str, np.ndarray], model: str | None = None
-) -> tuple[bytes, Headers]:
-    """A binary event's value and headers (for producers; ``inputs`` in the model's dtypes)."""
-    return _encode({"id": event_id} | ({"model": model} if model else {}), "inputs", inputs)
-
-
-class BinaryPredictions:
-    """Binary predictions of one batch: the outputs described and laid out once, sliced per event."""
-
-    def __init__(self, model_version: str, outputs: Mapping[str, np.ndarray]) -> None:
-        self._version = model_version
-        arrays = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")) for a in outputs.values()]
-        self._described = [
-            {
-                "name": name,
-                "datatype": _wire_name(a.dtype),
-                "shape": list(a.shape[1:]),
-                "parameters": {"binary_data_size": a[0].nbytes if len(a) else 0},
-            }
-            for name, a in zip(outputs, arrays, strict=True)
-        ]
-        self._blobs = [(a.tobytes(), a[0].nbytes if len(a) else 0) for a in arrays]
-
-    def encode(self, event: Event, row: int, timing_ms: Mapping[str, float]) -> tuple[bytes, Headers]:
-        """The value and headers of the prediction for ``event``, the batch's row ``row``."""
-        doc: dict[str, Any] = {"id": event.id, "model": event.model, "model_version": self._version}
-        if event.arm:
-            doc["arm"] = event.arm
-        doc["timing_ms"] = timing_ms
-        doc["outputs"] = self._described
-        header = orjson.dumps(doc)
-        parts = [header]
-        parts += [blob[row * size : (row + 1) * size] for blob, size in self._blobs]
-        length = b"%d" % len(header)
-        return b"".join(parts), ((CONTENT_TYPE_HEADER, _BINARY), (HEADER_LENGTH_HEADER, length))
-
-
-def _wire_name(dtype: np.dtype[Any]) -> str:
-    return triton_name(dtype.newbyteorder("="))
-
-
-def encode_binary_prediction(
-    event: Event, model_version: str, outputs: Mapping[str, np.ndarray], timing_ms: Mapping[str, float]
-) -> tuple[bytes, Headers]:
-    """A prediction's value and headers in the binary format (see the module docstring)."""
-    doc: dict[str, Any] = {"id": event.id, "model": event.model, "model_version": model_version}
-    if event.arm:
-        doc["arm"] = event.arm
-    doc["timing_ms"] = timing_ms
-    return _encode(doc, "outputs", outputs)
-
-
-def _encode(doc: dict[str, Any], key: str, tensors: Mapping[str, np.ndarray]) -> tuple[bytes, Headers]:
-    arrays = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")) for a in tensors.values()]
-    doc[key] = [
-        {
-            "name": name,
-            "datatype": _wire_name(a.dtype),
-            "shape": list(a.shape),
-            "parameters": {"binary_data_size": a.nbytes},
-        }
-        for name, a in zip(tensors, arrays, strict=True)
-    ]
-    header = orjson.dumps(doc)
-    value = b"".join([header, *(a.tobytes() for a in arrays)])
-    return value, ((CONTENT_TYPE_HEADER, _BINARY), (HEADER_LENGTH_HEADER, str(len(header)).encode()))
-
-
-def binary_header_length(headers: Sequence[tuple[str, bytes | None]]) -> int | None:
-    """The JSON header's length of a binary record (its headers as a Kafka client gives them); None
-    for a record that is not binary or whose length header is not a number."""
-    kinds = [v for k, v in headers if k == CONTENT_TYPE_HEADER and v is not None]
-    if not kinds or kinds[-1].split(b";", 1)[0].strip().lower() != _BINARY:
-        return None
-    lengths = [v for k, v in headers if k == HEADER_LENGTH_HEADER and v is not None]
-    return int(lengths[-1]) if lengths and lengths[-1].strip().isdigit() else None
-
-
-def decode_binary_value(value: bytes, header_length: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(header, tensors by name) of a binary event or prediction (for consumers of the outputs)."""
-    doc = orjson.loads(value[:header_length])
-    key = "outputs" if "outputs" in doc else "inputs"
-    tensors, at = {}, header_length
-    for item in doc[key]:
-        size = item["parameters"]["binary_data_size"]
-        dtype = _NUMPY[item["datatype"]].newbyteorder("<")
-        flat = np.frombuffer(value, dtype, count=size // dtype.itemsize, offset=at)
-        tensors[item["name"]] = flat.reshape(item["shape"])
-        at += size
-    return doc, tensors
-
-
-_NUMPY = {name: dtype for dtype, name in WIRE_DTYPES.items()}

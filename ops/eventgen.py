@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from engine.binary_codec import encode_binary_event
+from engine.binary_format import encode_binary_event
 
 FORMATS = ("json", "binary")
 _FIRST_INPUT = re.compile(r'input\s*\[\s*\{\s*name:\s*"([^"]+)"')
@@ -110,7 +110,7 @@ def generate(
 ) -> Iterator[GeneratedEvent]:
     """``count`` events cycling over ``profiles``, keyed ``k0..k{keys-1}``.
 
-    ``fmt``: ``json`` (the ``features`` shorthand) or ``binary`` (engine/binary_codec.py).
+    ``fmt``: ``json`` (the ``features`` shorthand) or ``binary`` (engine/binary_format.py).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown event format {fmt!r}; choose one of {', '.join(FORMATS)}")

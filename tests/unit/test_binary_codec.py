@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.binary_codec import (
+from engine.binary_format import (
     BINARY_CONTENT_TYPE,
     CONTENT_TYPE_HEADER,
     HEADER_LENGTH_HEADER,

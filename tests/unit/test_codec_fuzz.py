@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import engine.codec as codec
-from engine.binary_codec import BINARY_CONTENT_TYPE, CONTENT_TYPE_HEADER, HEADER_LENGTH_HEADER
+from engine.binary_format import BINARY_CONTENT_TYPE, CONTENT_TYPE_HEADER, HEADER_LENGTH_HEADER
 from engine.codec import MAX_MESSAGE_CHARS, DecodeContext, decode, decode_many
 from engine.errors import Reason
 from engine.modelspec import ModelSpec, TensorSpec

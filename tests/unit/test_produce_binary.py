@@ -42,7 +42,7 @@ def test_json_lines_convert_to_binary_events_with_the_models_dtypes() -> None:
 
 
 def test_the_load_generators_monitor_reads_ids_of_json_and_binary_predictions() -> None:
-    from engine.binary_codec import BinaryPredictions
+    from engine.binary_format import BinaryPredictions
 
     converter = BinaryConverter.from_repository(REPOSITORY, "breast_cancer")
     ctx = DecodeContext(converter.specs, "breast_cancer", LimitSettings())
