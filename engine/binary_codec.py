@@ -96,25 +96,56 @@ class BinaryParsed:
     body: int  # offset of the first tensor byte in the value
 
 
-def parse_binary(record: RawRecord, ctx: DecodeContext) -> BinaryParsed | DeadLetter:
-    """The header of a binary event, or its dead letter. Never raises."""
+Layouts = dict[bytes, dict[str, Any]]  # a header's bytes after its id -> the header parsed
+_ID_PREFIX = b'{"id":"'
+_PLAIN_ID = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]+")  # printable ASCII but no quote or backslash
+_MAX_LAYOUTS = 16
+
+
+def parse_binary(
+    record: RawRecord, ctx: DecodeContext, layouts: Layouts | None = None
+) -> BinaryParsed | DeadLetter:
+    """The header of a binary event, or its dead letter. Never raises.
+
+    ``layouts`` (one per chunk) remembers headers already parsed, as their bytes after the id: a
+    header that is ``{"id":"<plain id>`` followed by bytes seen before (typical: one producer,
+    one model) is not parsed again; every check runs as for any other header. Only a tail
+    without ``"id"`` and without escapes is remembered, so it cannot change the id it follows.
+    """
     try:
-        return _header(record, ctx)
+        return _header(record, ctx, layouts)
     except EventError as err:
         return letter(record, err)
     except Exception as err:  # no record may stop the worker
         return internal_letter(record, err)
 
 
-def _header(record: RawRecord, ctx: DecodeContext) -> BinaryParsed:
+def _header(record: RawRecord, ctx: DecodeContext, layouts: Layouts | None) -> BinaryParsed:
     check_envelope(record, ctx.limits)
     value = record.value
     if value is None:
         raise EventError(Reason.INVALID_EVENT, "record has no value (tombstone)")
     check_value_size(value, ctx.limits)
     length = _header_length(record, len(value))
+    end = value.find(b'"', 7, length) if layouts is not None and value.startswith(_ID_PREFIX) else -1
+    doc = layouts.get(value[end:length]) if layouts is not None and end > 7 else None
+    if doc is not None and end - 7 <= ctx.limits.max_id_length and _PLAIN_ID.fullmatch(value, 7, end):
+        event_id = value[7:end].decode("ascii")
+    else:
+        doc = _document(value, length)
+        event_id = event_id_of(doc, ctx.limits)
+        tail = value[end:length] if end > 7 and value[7:end] == event_id.encode() else b""
+        remember = tail and b'"id"' not in tail and b"\\" not in tail
+        if layouts is not None and remember and len(layouts) < _MAX_LAYOUTS:
+            layouts[tail] = doc
+    spec, route = route_of(doc, ctx, record, event_id)
+    return BinaryParsed(record, event_id, spec, route, doc.get("inputs"), length)
+
+
+def _document(value: bytes, length: int) -> dict[str, Any]:
+    """The JSON header: the value's first ``length`` bytes, a JSON object."""
     try:
-        doc = orjson.loads(memoryview(value)[:length])
+        doc = orjson.loads(value[:length])
     except orjson.JSONDecodeError as err:
         raise EventError(
             Reason.INVALID_JSON, f"the inference header is not valid JSON: {cleaned(str(err), 200)}"
@@ -123,9 +154,7 @@ def _header(record: RawRecord, ctx: DecodeContext) -> BinaryParsed:
         raise EventError(
             Reason.INVALID_EVENT, f"the inference header must be a JSON object, got {json_kind(doc)}"
         )
-    event_id = event_id_of(doc, ctx.limits)
-    spec, route = route_of(doc, ctx, record, event_id)
-    return BinaryParsed(record, event_id, spec, route, doc.get("inputs"), length)
+    return doc
 
 
 def _header_length(record: RawRecord, size: int) -> int:
@@ -142,82 +171,6 @@ def _header_length(record: RawRecord, size: int) -> int:
             f"{HEADER_LENGTH_HEADER} is {shown(raw, 24)}; must be a byte count from 1 to the value's {size}",
         )
     return int(text)
-
-
-Layouts = dict[bytes, tuple[str | None, Any]]  # header after the id -> (its "model", its "inputs")
-_ID_PREFIX = b'{"id":"'
-_PLAIN_ID = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]+")  # printable ASCII but no quote or backslash
-
-
-def quick_header(record: RawRecord, ctx: DecodeContext, layouts: Layouts) -> BinaryParsed | None:
-    """The parsed header of an unremarkable binary event, in one pass; else None.
-
-    The hot path: a few small headers, a valid header with an id, naming a served model (or
-    none). None sends the record down :func:`parse_binary`, which checks everything and gives
-    the reason.
-
-    ``layouts`` remembers headers already parsed, as the bytes after the id: a header that is
-    ``{"id":"<plain id>`` followed by bytes seen before (typical: one producer, one model) is
-    not parsed again. Only a tail without ``"id"`` and without escapes is remembered, so it
-    cannot change the id it follows.
-    """
-    value, headers, limits = record.value, record.headers, ctx.limits
-    if value is None or len(headers) > limits.max_headers or len(value) > limits.max_message_bytes:
-        return None
-    if record.key is not None and len(record.key) > limits.max_key_bytes:
-        return None
-    raw_length, size = None, 0
-    for k, v in headers:
-        if v is None:
-            return None
-        size += 4 * len(k) + len(v)  # a name's UTF-8 bytes are at most 4 per character
-        if k == HEADER_LENGTH_HEADER:
-            raw_length = v
-    if size > limits.max_header_bytes or raw_length is None or not raw_length.isdigit():
-        return None
-    length = int(raw_length)
-    if not 0 < length <= len(value) or len(raw_length) > _MAX_HEADER_DIGITS:
-        return None
-    end = value.find(b'"', 7, length) if value.startswith(_ID_PREFIX) else -1
-    known = layouts.get(value[end:length]) if end > 7 else None
-    if known is not None and end - 7 <= limits.max_id_length and _PLAIN_ID.fullmatch(value, 7, end):
-        event_id = value[7:end].decode("ascii")
-        name, inputs = known
-    else:
-        parsed = _parsed_header(value, length, limits)
-        if parsed is None:
-            return None
-        event_id, name, inputs = parsed
-        tail = value[end:length] if end > 7 and value[7:end] == event_id.encode() else b""
-        if tail and b'"id"' not in tail and b"\\" not in tail and len(layouts) < _MAX_LAYOUTS:
-            layouts[tail] = (name, inputs)
-    if ctx.router is not None:
-        route = ctx.router.route(record.source.topic, name, record.key or event_id.encode())
-    else:
-        route = Route(ctx.default_model if name is None else name)
-    spec = ctx.models.get(route.model)
-    if spec is None:
-        return None
-    return BinaryParsed(record, event_id, spec, route, inputs, length)
-
-
-_MAX_LAYOUTS = 16
-
-
-def _parsed_header(value: bytes, length: int, limits: LimitSettings) -> tuple[str, str | None, Any] | None:
-    """(id, model, inputs) of a header that parses with a valid id and a string or no model; else None."""
-    try:
-        doc = orjson.loads(value[:length])
-    except orjson.JSONDecodeError:
-        return None
-    if type(doc) is not dict:
-        return None
-    event_id, name = doc.get("id"), doc.get("model")
-    if type(event_id) is not str or not 0 < len(event_id) <= limits.max_id_length:
-        return None
-    if name is not None and type(name) is not str:
-        return None
-    return event_id, name, doc.get("inputs")
 
 
 def expected_inputs(spec: ModelSpec) -> list[dict[str, Any]] | None:

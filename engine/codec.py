@@ -121,17 +121,13 @@ class _BinaryHeld:
 
     def add(self, index: int, record: RawRecord) -> None:
         """Read the header of ``record`` (at ``index``): hold it, or write its result at once."""
-        quick = binary_codec.quick_header(record, self.ctx, self.layouts)
-        if quick is not None and quick.inputs == (
-            self.expected.get(quick.spec.name) or self._expected(quick.spec)
-        ):
-            self.groups.setdefault(quick.spec.name, []).append((index, quick))
-            return
-        parsed_or_letter = binary_codec.parse_binary(record, self.ctx)
-        if isinstance(parsed_or_letter, DeadLetter):
-            self.out[index] = parsed_or_letter
+        parsed = binary_codec.parse_binary(record, self.ctx, self.layouts)
+        if isinstance(parsed, DeadLetter):
+            self.out[index] = parsed
+        elif parsed.inputs == self._expected(parsed.spec):
+            self.groups.setdefault(parsed.spec.name, []).append((index, parsed))
         else:
-            self.out[index] = binary_codec.convert_one(parsed_or_letter, self.ctx)
+            self.out[index] = binary_codec.convert_one(parsed, self.ctx)
 
     def _expected(self, spec: ModelSpec) -> list[dict[str, Any]] | None:
         if spec.name not in self.expected:
