@@ -24,6 +24,7 @@ from engine.binary_format import (
     CONTENT_TYPE_HEADER,
     HEADER_LENGTH_HEADER,
     JSON_CONTENT_TYPE,
+    media_type,
 )
 from engine.dtypes import json_kind, triton_name
 from engine.errors import EventError, Reason
@@ -56,7 +57,7 @@ def is_binary(record: RawRecord) -> bool | None:
     value = record.header(CONTENT_TYPE_HEADER)
     if value is None:
         return False
-    kind = value.split(b";", 1)[0].strip().lower()
+    kind = media_type(value)
     if kind == _BINARY:
         return True
     return False if kind == _JSON or not kind else None

@@ -97,11 +97,16 @@ def _encode(doc: dict[str, Any], key: str, tensors: Mapping[str, np.ndarray]) ->
     return value, ((CONTENT_TYPE_HEADER, _BINARY), (HEADER_LENGTH_HEADER, str(len(header)).encode()))
 
 
+def media_type(content_type: bytes) -> bytes:
+    """A ``content-type`` value without parameters, lower case (``b"application/json"``)."""
+    return content_type.split(b";", 1)[0].strip().lower()
+
+
 def binary_header_length(headers: Sequence[tuple[str, bytes | None]]) -> int | None:
     """The JSON header's length of a binary record (its headers as a Kafka client gives them); None
     for a record that is not binary or whose length header is not a number."""
     kinds = [v for k, v in headers if k == CONTENT_TYPE_HEADER and v is not None]
-    if not kinds or kinds[-1].split(b";", 1)[0].strip().lower() != _BINARY:
+    if not kinds or media_type(kinds[-1]) != _BINARY:
         return None
     lengths = [v for k, v in headers if k == HEADER_LENGTH_HEADER and v is not None]
     return int(lengths[-1]) if lengths and lengths[-1].strip().isdigit() else None

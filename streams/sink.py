@@ -89,12 +89,8 @@ class _Delivery:
 
     def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         """The producer's delivery callback for each of this call's records."""
-        if err is None:  # the usual case, once per output record: kept to a few steps
-            sink = self.sink
-            sink._outstanding -= 1
-            self.remaining -= 1
-            if self.remaining == 0:
-                sink.finished(self)
+        if err is None:
+            self.answer(None, None)
             return
         headers = tuple((k, bytes(v or b"")) for k, v in msg.headers() or ())
         self.answer(err, OutRecord(msg.topic(), msg.key(), msg.value(), headers))
