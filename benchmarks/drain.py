@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer
@@ -25,7 +24,7 @@ from confluent_kafka import Consumer
 from benchmarks.systems import SystemSpec, fresh_settings, start_system
 from engine.settings import Settings
 from ops.eventgen import GeneratedEvent
-from streams.producer import new_producer, produce_waiting
+from streams.kafka_tools import produce_all
 
 MIDDLE = 0.8  # share of the outputs the rate is measured over
 
@@ -63,19 +62,8 @@ def drain_rate(stamps_ms: Sequence[float], middle: float = MIDDLE) -> tuple[floa
 
 def preload(settings: Settings, events: Iterator[GeneratedEvent], n: int) -> None:
     """Write ``n`` events (with their headers) to the input topic and wait until the broker has them all."""
-    producer = new_producer(settings.kafka.confluent_config(), overrides={"linger.ms": 5, "acks": "all"})
-    acked = 0
-
-    def on_delivery(err: Any, _msg: Any) -> None:
-        nonlocal acked
-        acked += err is None
-
-    for ev in islice(events, n):
-        produce_waiting(
-            producer, settings.topics.events, ev.value, ev.key, list(ev.headers) or None, on_delivery
-        )
-        producer.poll(0)
-    producer.flush(60)
+    items = ((ev.value, ev.key, ev.headers) for ev in islice(events, n))
+    acked = produce_all(settings.kafka.confluent_config(), settings.topics.events, items)
     if acked != n:
         raise RuntimeError(f"{n - acked} preloaded events were not acknowledged by the broker")
 

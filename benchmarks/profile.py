@@ -16,14 +16,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from benchmarks.drain import CpuWindow, drain_rate, preload, process_cpu_s, read_outputs
 from benchmarks.run import REPO, bench_events, start_servers, wipe_broker_data
-from benchmarks.systems import SYSTEMS, fresh_settings, start_system
+from benchmarks.systems import SYSTEMS, fresh_settings, metric_totals, start_system
 
 OWN_PACKAGES = ("engine/", "streams/", "inference/", "models/", "observability/", "ops/")
 
@@ -163,20 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def mean_batch_size(metrics_urls: list[str]) -> str:
-    """Events per Triton request over the workers' lifetimes (``sie_batch_size`` sum / count)."""
-    total = count = 0.0
-    for url in metrics_urls:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                text = resp.read().decode()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("sie_batch_size_events_sum{"):
-                total += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("sie_batch_size_events_count{"):
-                count += float(line.rsplit(" ", 1)[1])
-    return f"{total / count:.0f}" if count else "unknown"
+    """Events per Triton request over the workers' lifetimes (``sie_batch_size_events`` sum / count)."""
+    totals = metric_totals(metrics_urls, timeout=5)
+    count = totals.get("sie_batch_size_events_count", 0.0)
+    return f"{totals.get('sie_batch_size_events_sum', 0.0) / count:.0f}" if count else "unknown"
 
 
 def base_partitions() -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from benchmarks.report import broker_setup, machine
 from benchmarks.run import BROKER_HEAP_MB, MODEL, PARTITIONS, REPO, start_servers, wipe_broker_data
 from benchmarks.soak_report import Sample, summarize, write_markdown, write_plot
 from benchmarks.sweep import SweepConfig, Sweeper, max_sustainable
-from benchmarks.systems import RunningSystem, SystemSpec, start_system
+from benchmarks.systems import RunningSystem, SystemSpec, metric_totals, start_system
 from engine.settings import Settings
 from ops.eventgen import GeneratedEvent, generate, load_profiles
 from ops.loadgen import PacedProducer, PredictionMonitor, SendLog
@@ -170,18 +169,8 @@ class SteadyRun:
             "sie_pending_events": "pending",
             "sie_consumer_lag": "consumer_lag",
         }
-        out = dict.fromkeys(wanted.values(), 0.0)
-        for w in self._system.workers:
-            try:
-                with urllib.request.urlopen(w.metrics_url, timeout=2) as response:
-                    text = response.read().decode()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                name = line.split("{", 1)[0].split(" ", 1)[0]
-                if name in wanted:
-                    out[wanted[name]] += float(line.rsplit(" ", 1)[1])
-        return out
+        totals = metric_totals([w.metrics_url for w in self._system.workers])
+        return {short: totals.get(name, 0.0) for name, short in wanted.items()}
 
     def close(self) -> None:
         """Stop the monitor."""

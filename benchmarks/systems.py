@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sys
+import urllib.request
 import uuid
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +73,23 @@ class RunningSystem:
             w.stop(timeout=20)
         for p in self.processes:
             p.stop(timeout=10)
+
+
+def metric_totals(urls: Sequence[str], timeout: float = 2.0) -> dict[str, float]:
+    """Every metric's samples summed over labels and over the endpoints at ``urls`` (one that
+    does not answer counts nothing)."""
+    totals: dict[str, float] = defaultdict(float)
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                text = response.read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name = line.split("{", 1)[0].split(" ", 1)[0]
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    return dict(totals)
 
 
 def fresh_settings(base: Settings, spec: SystemSpec, work_dir: Path) -> Settings:

@@ -18,6 +18,7 @@ from ops.embedded import ManagedProcess, child_env, free_port
 from ops.embedded.process import http_ok
 from ops.eventgen import generate, load_profiles
 from ops.stack import settings_env
+from tests.chaos.harness import scrape
 from tests.integration.conftest import MODEL_REPOSITORY, StartWorker
 from tests.integration.kafka import Msg, collect, produce
 
@@ -123,7 +124,7 @@ def test_worker_processes_share_the_group_and_each_serves_its_own_metrics(
         )
         ids = [_outputs(m)[0]["id"] for m in out[t.predictions]]
         assert len(ids) + len(out[t.dlq]) == len(records) and len(set(ids)) == len(ids)
-        consumed = [_counter(f"http://127.0.0.1:{p}/metrics", "sie_events_consumed_total") for p in ports]
+        consumed = [scrape(f"http://127.0.0.1:{p}/metrics")["sie_events_consumed_total"] for p in ports]
         assert all(n > 0 for n in consumed), consumed  # both processes took partitions
         assert sum(consumed) == len(records)
     finally:
@@ -131,11 +132,3 @@ def test_worker_processes_share_the_group_and_each_serves_its_own_metrics(
         process.stop(timeout=60)
     assert process.popen.returncode == 0, process.log_tail()
     assert time.monotonic() - started < 60
-
-
-def _counter(url: str, name: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
