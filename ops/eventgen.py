@@ -11,7 +11,6 @@ the mean and standard deviation in the model's ``reference_profile.json``
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,9 @@ import numpy as np
 import orjson
 
 from engine.binary_format import encode_binary_event
+from inference.repository import parse_config
 
 FORMATS = ("json", "binary")
-_FIRST_INPUT = re.compile(r'input\s*\[\s*\{\s*name:\s*"([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -41,12 +40,11 @@ class FeatureProfile:
         doc = json.loads((Path(model_dir) / "reference_profile.json").read_text())
         features = sorted(doc["features"], key=lambda f: f["index"])
         config = Path(model_dir) / "config.pbtxt"
-        found = _FIRST_INPUT.search(config.read_text()) if config.exists() else None
         return cls(
             model=Path(model_dir).name,
             mean=np.array([f["mean"] for f in features], dtype=np.float64),
             std=np.array([f["std"] for f in features], dtype=np.float64),
-            input_name=found.group(1) if found else "features",
+            input_name=parse_config(config).input[0].name if config.exists() else "features",
         )
 
     def with_data_rows(self) -> FeatureProfile:

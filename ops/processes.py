@@ -30,7 +30,7 @@ from typing import Protocol
 from engine.settings import Settings
 from ops.embedded import child_env
 from ops.embedded.process import death_signal_hook
-from ops.stack import settings_env
+from ops.stack import settings_env, worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,8 @@ Spawn = Callable[[Settings], Child]
 
 def child_settings(settings: Settings, index: int) -> Settings:
     """Settings of child ``index`` (1-based): its own name, metrics port and data directory."""
-    name = f"{settings.worker_name}-{index}"
     port = settings.metrics_port + index - 1 if settings.metrics_port else 0
-    return settings.model_copy(
-        update={"worker_name": name, "metrics_port": port, "data_dir": settings.data_dir / name}
-    )
+    return worker_settings(settings, index, settings.data_dir, metrics_port=port)
 
 
 def spawn_worker(settings: Settings) -> Child:
