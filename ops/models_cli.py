@@ -10,6 +10,8 @@ directory *your* Triton serves (``--model-repository``) for any other setup.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -78,10 +80,16 @@ def _fail(err: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _control(repository: Path, triton_url: str | None) -> ModelControl:
+@contextmanager
+def _control(repository: Path, triton_url: str | None) -> Iterator[ModelControl]:
+    """Triton's model control for one command, closed afterwards (also when the command fails)."""
     from inference.model_control import ModelControl
 
-    return ModelControl(triton_settings(triton_url), repository)
+    control = ModelControl(triton_settings(triton_url), repository)
+    try:
+        yield control
+    finally:
+        control.close()
 
 
 @models_app.command("list")
@@ -94,9 +102,8 @@ def list_models(
     repo = repository_path(repository)
     served: dict[str, dict[int, str]] | None = None
     try:
-        control = _control(repo, triton_url)
-        served = control.index()
-        control.close()
+        with _control(repo, triton_url) as control:
+            served = control.index()
     except EngineError as err:
         err_console.print(f"[yellow]Triton not reachable ({err}); showing the repository only[/]")
     rows: list[dict[str, Any]] = []
@@ -185,9 +192,8 @@ def promote_cmd(
     """Load VERSION while the current one serves, then switch to it."""
     repo = repository_path(repository)
     try:
-        control = _control(repo, triton_url)
-        switch = control.promote(name, version, keep_previous=keep_previous)
-        control.close()
+        with _control(repo, triton_url) as control:
+            switch = control.promote(name, version, keep_previous=keep_previous)
     except EngineError as err:
         raise _fail(err) from None
     console.print(
@@ -206,9 +212,8 @@ def rollback(
     """Serve the previous version again (same zero-downtime switch as promote)."""
     repo = repository_path(repository)
     try:
-        control = _control(repo, triton_url)
-        switch = control.rollback(name, to)
-        control.close()
+        with _control(repo, triton_url) as control:
+            switch = control.rollback(name, to)
     except EngineError as err:
         raise _fail(err) from None
     console.print(
