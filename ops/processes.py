@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +27,8 @@ from types import FrameType
 from typing import Protocol
 
 from engine.settings import Settings
-from ops.embedded import child_env
 from ops.embedded.process import death_signal_hook
-from ops.stack import settings_env, worker_settings
+from ops.stack import worker_command, worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +60,10 @@ def child_settings(settings: Settings, index: int) -> Settings:
 
 
 def spawn_worker(settings: Settings) -> Child:
-    """``python -m ops.cli worker`` configured by ``settings`` (environment only), output inherited."""
-    env = child_env(settings_env(settings) | {"PYTHONUNBUFFERED": "1"})
+    """A ``sie worker`` child configured by ``settings`` (environment only), output inherited."""
+    argv, env = worker_command(settings)
     # Each child dies with this command (prctl on Linux), as the embedded servers do.
-    return subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", "worker"], env=env, preexec_fn=death_signal_hook()
-    )
+    return subprocess.Popen(argv, env=env, preexec_fn=death_signal_hook())
 
 
 @dataclass

@@ -92,15 +92,16 @@ class WorkerProcess:
         self.process.stop(timeout)
 
 
+def worker_command(settings: Settings) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The command line and environment of a ``sie worker`` child configured by ``settings``."""
+    env = child_env(settings_env(settings) | {"PYTHONUNBUFFERED": "1"})
+    return (sys.executable, "-m", "ops.cli", "worker"), env
+
+
 def start_worker(settings: Settings, work_dir: Path, name: str) -> WorkerProcess:
     """Spawn ``python -m ops.cli worker`` configured by ``settings``; does not wait."""
-    env = child_env(settings_env(settings) | {"PYTHONUNBUFFERED": "1"})
-    process = ManagedProcess(
-        name=name,
-        argv=(sys.executable, "-m", "ops.cli", "worker"),
-        env=env,
-        log_path=Path(work_dir).resolve() / f"{name}.log",
-    )
+    argv, env = worker_command(settings)
+    process = ManagedProcess(name=name, argv=argv, env=env, log_path=Path(work_dir).resolve() / f"{name}.log")
     return WorkerProcess(name, settings, process)
 
 
