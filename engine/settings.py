@@ -29,13 +29,25 @@ class KafkaSettings(BaseModel):
     group_id: str = "sie-workers"
     session_timeout_s: float = Field(10.0, gt=0)
     heartbeat_interval_s: float = Field(1.0, gt=0)
-    commit_interval_s: float = Field(1.0, gt=0)
+    # How often acknowledged positions are committed; bounds the records a crash answers twice.
+    commit_interval_s: float = Field(0.25, gt=0)
     max_poll_records: int = Field(2000, gt=0)
     linger_ms: int = Field(2, ge=0)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     # Longest a fetch may wait for data. Kafka answers as soon as data is there, so this only
     # bounds how long an idle consumer's fetch stays open (and how soon it sees a new record).
     fetch_max_wait_ms: int = Field(100, ge=1, le=30_000)
+    # "classic": the classic group protocol with cooperative-sticky assignment (incremental
+    # rebalances, session timeout set here); "consumer": Kafka 4's protocol (KIP-848), whose
+    # session timeout and heartbeats the broker sets (group.consumer.* broker settings).
+    group_protocol: Literal["classic", "consumer"] = "classic"
+    # Records fetched and not yet taken by the pipeline before the consumer pauses its partitions.
+    max_buffered_records: int = Field(20_000, gt=0)
+    # Longest a revoke waits for the revoked partitions' records in flight before releasing them.
+    revoke_timeout_s: float = Field(30.0, gt=0)
+    # An assigned partition whose position has not moved this long while the broker holds records
+    # past it is stalled; its fetch is restarted (sie_partition_fetch_restarts_total).
+    stall_after_s: float = Field(10.0, gt=0)
 
     def confluent_config(self) -> dict[str, str]:
         """librdkafka properties for the connection and security settings."""
@@ -60,6 +72,25 @@ class KafkaSettings(BaseModel):
     def consumer_config(self) -> dict[str, str]:
         """librdkafka properties for a consumer (connection, security, fetch wait)."""
         return self.confluent_config() | {"fetch.wait.max.ms": str(self.fetch_max_wait_ms)}
+
+    def group_consumer_config(self, client_id: str) -> dict[str, str]:
+        """librdkafka properties for the workers' group consumer: positions are committed by the
+        worker (never automatically), for records whose outputs the broker acknowledged."""
+        cfg = self.consumer_config() | {
+            "group.id": self.group_id,
+            "client.id": client_id,
+            "enable.auto.commit": "false",
+            "enable.auto.offset.store": "false",
+            "auto.offset.reset": self.auto_offset_reset,
+            "group.protocol": self.group_protocol,
+        }
+        if self.group_protocol == "classic":
+            cfg |= {
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": str(int(self.session_timeout_s * 1000)),
+                "heartbeat.interval.ms": str(int(self.heartbeat_interval_s * 1000)),
+            }
+        return cfg
 
 
 class TopicSettings(BaseModel):

@@ -63,6 +63,15 @@ class EngineMetrics:
     stream_buffer_full: Counter
     rebalances: Counter
     commit_latency: Histogram
+    # Commit health, per input partition this worker owns (streams/faust_sensor.py CommitHealth).
+    committed_offset: Gauge
+    commit_lag_records: Gauge
+    commit_lag_seconds: Gauge
+    commit_failures: Counter
+    fetch_restarts: Counter
+
+
+TP_LABELS = ("topic", "partition")
 
 
 def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> EngineMetrics:
@@ -122,6 +131,26 @@ def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> Engin
             namespace=namespace,
             registry=registry,
             buckets=LATENCY_BUCKETS,
+        ),
+        committed_offset=gauge(
+            "committed_offset",
+            "The group's committed position of the partition (confirmed by the broker).",
+            TP_LABELS,
+        ),
+        commit_lag_records=gauge(
+            "commit_lag_records", "Records between the committed position and the partition's end.", TP_LABELS
+        ),
+        commit_lag_seconds=gauge(
+            "commit_lag_seconds",
+            "Age of the oldest record past the committed position (its broker timestamp), or, before "
+            "it is read, how long the committed position has not moved while records waited.",
+            TP_LABELS,
+        ),
+        commit_failures=counter("commit_failures", "Offset commits the broker did not confirm.", ()),
+        fetch_restarts=counter(
+            "partition_fetch_restarts",
+            "Assigned partitions found not fetching while records waited, and restarted.",
+            TP_LABELS,
         ),
     )
 

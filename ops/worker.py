@@ -13,7 +13,7 @@ import gc
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 from prometheus_client import CollectorRegistry
@@ -27,7 +27,7 @@ from engine.modelspec import ModelSpec
 from engine.pipeline import Pipeline, PipelineParts
 from engine.ports import NO_MODEL_HOOKS, NO_TRACING, InferenceBackend, ModelHooks, PipelineTracing
 from engine.retry import CircuitBreaker, CircuitState, Retrier
-from engine.routing import Router, input_topics
+from engine.routing import Router
 from engine.settings import Settings
 from inference.passthrough_backend import PassThroughBackend
 from inference.triton import TritonBackend
@@ -37,7 +37,8 @@ from observability.otel_setup import configure_tracing
 from observability.server import serve
 from observability.tracing import INSTRUMENTATION, HeadSampler, OtelTracing
 from streams.app import Submit, add_batch_consumer, create_app
-from streams.faust_sensor import ConsumerLag, EngineSensor
+from streams.driver import EngineConsumer
+from streams.faust_sensor import CommitHealth, EngineSensor
 from streams.kafka_tools import wait_for_kafka
 from streams.sink import KafkaSink
 
@@ -46,7 +47,7 @@ GC_GEN0_THRESHOLD = 20_000  # allocations between collections of the youngest ge
 
 GIL_SWITCH_INTERVAL_S = 0.0001
 
-LAG_INTERVAL_S = 2.0
+LAG_INTERVAL_S = 1.0  # how often the commit-health gauges are set
 
 
 def tune_gc() -> None:
@@ -84,8 +85,11 @@ class Worker:
         add_batch_consumer(self.app, settings, self._submit)
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         self.app.sensors.add(EngineSensor(self.metrics))
-        lag = ConsumerLag(self.app, self.metrics, input_topics(settings))
-        self.app.timer(interval=LAG_INTERVAL_S, traced=False, name="consumer-lag")(lag.update)
+        self.app.on_failure = self.liveness.fail
+        self.app.on_fetch_restart = self._on_fetch_restart
+        self.app.on_commit_failed = lambda _: self.metrics.commit_failures.inc()
+        health = CommitHealth(lambda: cast(EngineConsumer, self.app.consumer), self.metrics)
+        self.app.timer(interval=LAG_INTERVAL_S, traced=False, name="commit-health")(health.update)
         self.tracing: PipelineTracing = NO_TRACING
         self.model_hooks: ModelHooks = NO_MODEL_HOOKS
 
@@ -175,6 +179,9 @@ class Worker:
     def _on_output_rejected(self, topic: str, code: str) -> None:
         self.metrics.producer_errors.labels(topic, code).inc()
 
+    def _on_fetch_restart(self, tp: tuple[str, int]) -> None:
+        self.metrics.fetch_restarts.labels(tp[0], str(tp[1])).inc()
+
     def _on_retry(self, err: RetryableError) -> None:
         self.metrics.triton_errors.labels(error_code(err)).inc()
         self.metrics.retries.labels("*").inc()
@@ -191,13 +198,9 @@ class Worker:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when alive, partitions are assigned and Triton answers (circuit not open)."""
         # This runs on the HTTP thread: never touch ``app.consumer`` here, which
-        # would build the consumer on this thread's event loop before Faust
-        # does (its thread service then fails "attached to a different loop").
+        # would build the consumer on this thread's event loop before Faust does.
         consumer = self.app._consumer
-        try:
-            assigned = len(consumer.assignment()) if consumer is not None else 0
-        except Exception:  # consumer not started yet
-            assigned = 0
+        assigned = len(consumer.assignment()) if consumer is not None else 0
         triton_ok = self.pipeline is not None and self._triton_ok
         details: dict[str, Any] = {"assigned_partitions": assigned, "triton": triton_ok}
         if not self.liveness.alive:

@@ -1,77 +1,50 @@
 """The Faust app, and batch delivery of its input topics to the pipeline.
 
-Faust runs the consumer group, rebalances, offset commits and the worker's
-lifecycle. Consumed records do not go through Faust's per-event streams: the
-app's consumer hands each fetched batch to :func:`add_batch_consumer`'s
-handler (see :mod:`streams.transport` for why), which turns aiokafka's records
-into :class:`~engine.records.RawRecord` values and submits them to the
-pipeline in chunks. Each partition's part of a chunk shares a
-:class:`~engine.records.Completion`; when every record in it has its
-prediction or dead letter acknowledged by the broker, its offsets are
-acknowledged to Faust, which then commits up to the highest offset below which
-every record is acknowledged.
+Faust runs the worker's lifecycle; the project's driver (:mod:`streams.driver`, ``rdkafka://``)
+runs the consumer group on librdkafka. Consumed records do not go through Faust's per-event
+streams: the driver hands each fetched batch to :func:`batch_handler`, which turns librdkafka's
+messages into :class:`~engine.records.RawRecord` values and submits them to the pipeline in
+chunks. Each partition's part of a chunk shares a :class:`~engine.records.Completion`; when every
+record in it has its prediction or dead letter acknowledged by the broker, the chunk is done and
+the partition's committable position moves past it (``engine/positions.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from functools import partial
-from typing import Any, cast
-
-import faust
-from faust.types import TP
+from typing import Any, Protocol, cast
 
 from engine.records import Completion, RawRecord, SourceRef
 from engine.routing import input_topics
-from engine.settings import KafkaSettings, Settings
-from streams.transport import BatchHandler, DeliveryConsumer, EngineApp, EngineConsumer, FetchedBatch
+from engine.settings import Settings
+from streams.driver import BatchHandler, Completer, EngineApp, EngineConsumer
+from streams.group_consumer import Batch, TPKey
 
 log = logging.getLogger(__name__)
 
 Submit = Callable[[Sequence[RawRecord]], Awaitable[None]]
 
 
-def faust_credentials(kafka: KafkaSettings) -> Any:
-    """Faust/aiokafka credentials for the configured security protocol, or None."""
-    protocol = kafka.security_protocol
-    context: ssl.SSLContext | None = None
-    if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
-        if kafka.ssl_certfile:
-            context.load_cert_chain(
-                str(kafka.ssl_certfile),
-                str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
-                kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None,
-            )
-    if protocol.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=kafka.sasl_username,
-            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-            ssl_context=context,
-            mechanism=kafka.sasl_mechanism or "PLAIN",
-        )
-    if context is not None:
-        return faust.SSLCredentials(context)
-    return None
+class DeliveryConsumer(Protocol):
+    """The consumer as batch delivery sees it: :class:`~streams.driver.EngineConsumer`, or a fake
+    in unit tests."""
+
+    def hand_out(self, tp: TPKey, first: int, last: int, timestamp_ms: int | None) -> Completer | None:
+        """Records ``first``..``last`` of ``tp`` go to the pipeline now; what to call when they are
+        all answered, or None to skip them (the partition is being revoked)."""
 
 
 def create_app(settings: Settings) -> EngineApp:
-    """A Faust app configured from ``settings`` (the app id is the consumer group)."""
+    """A Faust app on the project's librdkafka driver (the app id is the consumer group)."""
     kafka = settings.kafka
-    hosts = ";".join(f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(","))
+    hosts = ";".join(f"rdkafka://{h.strip()}" for h in kafka.bootstrap_servers.split(","))
     app = EngineApp(
         kafka.group_id,
         broker=hosts,
-        broker_credentials=faust_credentials(kafka),
-        broker_session_timeout=kafka.session_timeout_s,
-        broker_heartbeat_interval=kafka.heartbeat_interval_s,
         broker_commit_interval=kafka.commit_interval_s,
-        broker_max_poll_records=kafka.max_poll_records,
-        consumer_auto_offset_reset=kafka.auto_offset_reset,
         topic_disable_leader=True,
         topic_allow_declare=False,
         web_enabled=False,
@@ -80,25 +53,28 @@ def create_app(settings: Settings) -> EngineApp:
         datadir=str(settings.data_dir / "faust"),
         loghandlers=[],
     )
-    app.fetch_max_wait_ms = kafka.fetch_max_wait_ms
+    app.kafka = kafka
+    app.client_id = settings.worker_name
     return app
 
 
-def to_raw(records: Sequence[Any], completion: Completion, now: float) -> list[RawRecord]:
-    """Pipeline records for aiokafka ``ConsumerRecord`` values sharing one completion."""
+def to_raw(messages: Sequence[Any], completion: Completion, now: float) -> list[RawRecord]:
+    """Pipeline records for librdkafka messages (confluent_kafka ``Message``) sharing one completion."""
     out = []
-    for r in records:
-        headers = _headers(r.headers) if r.headers else ()
-        stamp = r.timestamp if r.timestamp and r.timestamp > 0 else None
-        source = SourceRef(r.topic, r.partition, r.offset, stamp)
-        out.append(RawRecord(r.key, r.value, headers, source, now, completion))
+    for m in messages:
+        headers = m.headers()
+        kind, stamp = m.timestamp()
+        source = SourceRef(m.topic(), m.partition(), m.offset(), stamp if kind and stamp > 0 else None)
+        out.append(
+            RawRecord(m.key(), m.value(), _headers(headers) if headers else (), source, now, completion)
+        )
     return out
 
 
 def _headers(raw: Sequence[tuple[Any, Any]]) -> tuple[tuple[str, bytes], ...]:
-    """aiokafka's headers as ``((str, bytes), ...)``; a null value becomes ``b""``."""
+    """librdkafka's headers as ``((str, bytes), ...)``; a null value becomes ``b""``."""
     headers = tuple(raw)
-    for k, v in headers:  # aiokafka gives (str, bytes) pairs; convert only when one is not
+    for k, v in headers:  # (str, bytes) pairs; convert only when one is not
         if type(v) is not bytes or type(k) is not str:
             return tuple((str(k), bytes(v or b"")) for k, v in headers)
     return headers
@@ -107,37 +83,39 @@ def _headers(raw: Sequence[tuple[Any, Any]]) -> tuple[tuple[str, bytes], ...]:
 def batch_handler(
     consumer_of: Callable[[], DeliveryConsumer], get_submit: Callable[[], Awaitable[Submit]], chunk: int
 ) -> BatchHandler:
-    """The handler :class:`EngineApp`'s consumer (``consumer_of()``, read at each batch: Faust
-    creates it when the app starts) calls with each fetched batch.
+    """The handler the driver calls with each fetched batch (``consumer_of()`` is read at each
+    batch: Faust creates the consumer when the app starts).
 
-    The batch goes to the pipeline in chunks of at most ``chunk`` records, so
-    the pipeline's backpressure (``submit`` waits while it is full) bounds what
-    a worker holds whatever the fetch size.
+    The batch goes to the pipeline in chunks of at most ``chunk`` records, so the pipeline's
+    backpressure (``submit`` waits while it is full) bounds what a worker holds whatever the
+    fetch size. A chunk's records are noted as handed out right before it is submitted; a
+    partition being revoked meanwhile is skipped (its records are never answered or committed
+    here, and its next owner reads them).
     """
 
-    async def handle(batch: FetchedBatch) -> None:
+    async def handle(batch: Batch) -> None:
         submit = await get_submit()
         consumer = consumer_of()
         now = time.monotonic()
         for part in chunked(batch, chunk):
             records: list[RawRecord] = []
-            for tp, recs in part:
-                done = partial(consumer.ack_offsets, tp, [r.offset for r in recs])
-                records.extend(to_raw(recs, Completion(len(recs), done), now))
-            consumer.hand_out(len(records))
-            # A rebalance or a stop cancels the consumer's fetch task, often here, while the
-            # pipeline is full. A chunk counted as in hand must then reach the pipeline whole (its
-            # offsets are acked when its records are done, and the revoke waits for exactly
-            # those); the chunks after it are never handed out, so are never acked or committed,
-            # and are read again by whoever owns the partition next.
-            await asyncio.shield(submit(records))
+            for tp, msgs in part:
+                first = msgs[0]
+                done = consumer.hand_out(tp, first.offset(), msgs[-1].offset(), first.timestamp()[1])
+                if done is not None:
+                    records.extend(to_raw(msgs, Completion(len(msgs), done), now))
+            if records:
+                # A stop cancels the fetch loop, often here, while the pipeline is full. A chunk
+                # handed out must then reach the pipeline whole (the stop waits for exactly
+                # those records); the chunks after it are never handed out, so never committed.
+                await asyncio.shield(submit(records))
 
     return handle
 
 
-def chunked(batch: FetchedBatch, size: int) -> Iterator[FetchedBatch]:
+def chunked(batch: Batch, size: int) -> Iterator[Batch]:
     """``batch`` in order, in parts of at most ``size`` records; a partition may span parts."""
-    part: list[tuple[TP, Sequence[Any]]] = []
+    part: Batch = []
     n = 0
     for tp, recs in batch:
         start = 0

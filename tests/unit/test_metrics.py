@@ -1,4 +1,4 @@
-"""The metrics factory, the Faust sensor and consumer lag; dashboards and alerts only query real metrics."""
+"""The metrics factory, the Faust sensor and commit health; dashboards and alerts only query real metrics."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import yaml
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
+from engine.positions import Positions
 from observability.metrics import EngineMetrics, create_metrics, create_model_metrics, observe_many
-from streams.faust_sensor import ConsumerLag, EngineSensor, partition_lag
+from streams.faust_sensor import CommitHealth, EngineSensor, partition_lag
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "observability"
 BOUNDED_LABELS = {"topic", "partition", "model", "version", "reason", "code"}
@@ -96,65 +97,54 @@ async def test_sensor_counts_full_buffers_rebalances_and_commit_time(metrics: En
 
 
 @pytest.mark.parametrize(
-    ("end", "committed", "position", "lag"),
-    [
-        (100, 40, None, 60),
-        (100, None, 90, 10),
-        (100, 40, 90, 60),
-        (None, 40, None, None),
-        (100, None, None, None),
-        (5, 7, None, 0),
-    ],
+    ("end", "committed", "lag"),
+    [(100, 40, 60), (None, 40, None), (-1, 40, None), (5, 7, 0)],
 )
-def test_partition_lag_is_end_minus_committed_else_position(
-    end: int | None, committed: int | None, position: int | None, lag: int | None
+def test_partition_lag_is_end_minus_committed(
+    end: int | None, committed: int | None, lag: int | None
 ) -> None:
-    assert partition_lag(end, committed, position) == lag
+    assert partition_lag(end, committed) == lag
 
 
 @dataclass
 class FakeConsumer:
-    assigned: set[TP]
-    ends: dict[TP, int]
-    positions: dict[TP, int] = field(default_factory=dict)
+    """A CommitSource: real positions, ends as a dict."""
 
-    def assignment(self) -> set[TP]:
-        return self.assigned
+    positions: Positions = field(default_factory=Positions)
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def highwater(self, tp: TP) -> int | None:
-        return self.ends.get(tp)
-
-    async def position(self, tp: TP) -> int | None:
-        return self.positions.get(tp)
+    def highwater(self, tp: Any) -> int:
+        return self.ends.get(tp, -1)
 
 
-@dataclass
-class FakeMonitor:
-    tp_committed_offsets: dict[TP, int]
+async def test_commit_health_gives_lag_in_records_and_seconds_and_follows_the_assignment(
+    metrics: EngineMetrics,
+) -> None:
+    now = [1000.0]
+    consumer = FakeConsumer(ends={("events", 0): 120, ("events", 1): 50})
+    p0 = consumer.positions.assign(("events", 0), 100)
+    consumer.positions.assign(("events", 1), 50)
+    p0.hand_out(100, 109, timestamp_s=990.0)  # read, not answered: 10 s old
+    health = CommitHealth(lambda: consumer, metrics, clock=lambda: now[0])  # type: ignore[arg-type]
 
-
-@dataclass
-class FakeApp:
-    consumer: FakeConsumer
-    monitor: FakeMonitor
-
-
-async def test_consumer_lag_follows_the_assignment(metrics: EngineMetrics) -> None:
-    p0, p1, other = TP("events", 0), TP("events", 1), TP("predictions", 0)
-    consumer = FakeConsumer({p0, p1, other}, {p0: 120, p1: 50, other: 999}, positions={p1: 45})
-    app = FakeApp(consumer, FakeMonitor({p0: 100}))
-    lag = ConsumerLag(app, metrics, ["events"])  # type: ignore[arg-type]
-
-    await lag.update()
+    await health.update()
+    assert sample(metrics, "sie_commit_lag_records", topic="events", partition="0") == 20
     assert sample(metrics, "sie_consumer_lag", topic="events", partition="0") == 20
-    assert sample(metrics, "sie_consumer_lag", topic="events", partition="1") == 5
-    assert sample(metrics, "sie_consumer_lag", topic="predictions", partition="0") is None
+    assert sample(metrics, "sie_commit_lag_seconds", topic="events", partition="0") == 10.0
+    assert sample(metrics, "sie_committed_offset", topic="events", partition="0") == 100
+    assert sample(metrics, "sie_commit_lag_seconds", topic="events", partition="1") == 0.0
 
-    consumer.assigned = {p1}  # partition 0 revoked
-    consumer.ends[p1] = 70
-    await lag.update()
-    assert sample(metrics, "sie_consumer_lag", topic="events", partition="0") is None
-    assert sample(metrics, "sie_consumer_lag", topic="events", partition="1") == 25
+    consumer.ends[("events", 1)] = 80  # records wait on partition 1 and nothing of them was read
+    await health.update()
+    now[0] += 7
+    await health.update()
+    assert sample(metrics, "sie_commit_lag_seconds", topic="events", partition="1") == 7.0
+
+    consumer.positions.revoke(("events", 0))
+    await health.update()
+    assert sample(metrics, "sie_commit_lag_records", topic="events", partition="0") is None
+    assert sample(metrics, "sie_committed_offset", topic="events", partition="0") is None
+    assert sample(metrics, "sie_commit_lag_records", topic="events", partition="1") == 30
 
 
 def test_observe_many_counts_like_one_observe_per_value() -> None:

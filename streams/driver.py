@@ -1,0 +1,359 @@
+"""The project's Faust transport driver on librdkafka (confluent-kafka): ``rdkafka://`` broker URLs.
+
+Faust stays the application framework (app, worker lifecycle, sensors, signals); this driver
+replaces its Kafka client. It is registered under the ``faust.transports`` entry point
+(pyproject.toml), so ``faust.App(..., broker="rdkafka://host:9092")`` loads it the way Faust loads
+its own drivers.
+
+Records do not go through Faust's per-event streams: :class:`EngineConsumer` takes each fetched
+batch from :class:`~streams.group_consumer.GroupConsumer` and hands it to the app's
+``batch_handler`` (streams/app.py), which submits it to the pipeline in chunks. Each chunk is
+noted in :class:`~engine.positions.Positions` before it is submitted; when all its records are
+answered (prediction or dead letter acknowledged by the broker) its completion moves the
+partition's committable position. Faust's own ack bookkeeping (``_acked``, ``_committed_offset``,
+...) is not used: commits, revokes and the stop are this module's.
+
+Faust's base consumer class is used for what Faust itself calls on a driver (its Service
+lifecycle, the periodic ``commit`` task, the assignment callbacks); no private attribute of Faust
+or of an aiokafka client is read or written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, cast
+
+import faust
+from faust.transport import base
+from faust.transport import consumer as faust_consumer
+from faust.transport import producer as faust_producer
+from faust.types import TP
+from faust.types.tuples import RecordMetadata
+
+from engine.positions import Positions
+from engine.settings import KafkaSettings
+from streams.group_consumer import Batch, GroupConsumer, TPKey
+from streams.producer import new_producer, produce_waiting_async
+
+log = logging.getLogger(__name__)
+
+BatchHandler = Callable[[Batch], Awaitable[None]]
+Completer = Callable[[], None]
+WAIT_EMPTY_S = 30.0
+
+
+class EngineApp(faust.App):
+    """A Faust app whose input records reach ``batch_handler`` in batches (set before it starts)."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    client_id: str = "sie-worker"
+    batch_handler: BatchHandler | None = None
+    on_failure: Callable[[str], None] | None = None
+    on_fetch_restart: Callable[[TPKey], None] | None = None
+    on_commit_failed: Callable[[str], None] | None = None
+
+
+class EngineConsumer(faust_consumer.Consumer):
+    """Faust's consumer interface on :class:`GroupConsumer` (see the module docstring)."""
+
+    consumer_stopped_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.positions = Positions()
+        self._group: GroupConsumer | None = None
+        self._revoking: set[TPKey] = set()
+        self._commit_sent: float | None = None
+        self._commit_state: Any = None
+        self._topics: list[str] = []
+
+    @property
+    def _app(self) -> EngineApp:
+        return cast(EngineApp, self.app)
+
+    # -- subscription and the fetch loop -------------------------------------------------
+
+    async def subscribe(self, topics: Iterable[str]) -> None:
+        """Join the group on ``topics`` (once: the engine's topics are fixed at start-up)."""
+        wanted = sorted(set(topics))
+        if self._group is not None:
+            if wanted != self._topics:
+                log.warning("subscription change to %s ignored: topics are fixed at start-up", wanted)
+            return
+        app = self._app
+        self._topics = wanted
+        self._group = GroupConsumer(
+            app.kafka.group_consumer_config(app.client_id),
+            wanted,
+            _Listener(self),
+            asyncio.get_running_loop(),
+            reset=app.kafka.auto_offset_reset,
+            max_buffered=app.kafka.max_buffered_records,
+            batch_max=app.kafka.max_poll_records,
+            revoke_timeout_s=app.kafka.revoke_timeout_s,
+            stall_after_s=app.kafka.stall_after_s,
+            on_commit=self._on_committed,
+            on_stall=app.on_fetch_restart,
+            on_failure=app.on_failure,
+        )
+        self._group.start()
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's fetcher runs this: fetched batches go to the app's batch handler until it stops."""
+        handler = self._app.batch_handler
+        group = self._group
+        if handler is None or group is None:
+            raise RuntimeError("EngineApp.batch_handler must be set before the app starts")
+        while not self.should_stop:
+            await handler(await group.take())
+
+    def hand_out(self, tp: TPKey, first: int, last: int, timestamp_ms: int | None) -> Completer | None:
+        """Records ``first``..``last`` of ``tp`` go to the pipeline now; the callback to run when all
+        are answered, or None when ``tp`` is being revoked or is no longer ours (skip them)."""
+        if tp in self._revoking or tp not in self.positions:
+            return None
+        part = self.positions.get(tp)
+        assert part is not None
+        chunk = part.hand_out(first, last, timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else None)
+        return self.positions.finisher(tp, chunk)
+
+    # -- commits -------------------------------------------------------------------------
+
+    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Commit the positions answered since the last confirmed commit (one commit at a time)."""
+        group = self._group
+        if group is None:
+            return False
+        now = time.monotonic()
+        if self._commit_sent is not None and now - self._commit_sent < WAIT_EMPTY_S:
+            return False  # the last one has not been answered yet
+        offsets = {tp: o for tp, o in self.positions.to_commit().items() if tp not in self._revoking}
+        if not offsets:
+            return False
+        self._commit_sent = now
+        self._commit_state = self.app.sensors.on_commit_initiated(self)
+        group.commit(cast(dict[TPKey, int], offsets))
+        return True
+
+    def _on_committed(self, confirmed: dict[TPKey, int], error: Any) -> None:
+        self.positions.committed(cast(dict[Any, int], confirmed))
+        if self._commit_sent is not None:
+            self._commit_sent = None
+            self.app.sensors.on_commit_completed(self, self._commit_state)
+        if error is not None:
+            log.warning("offset commit failed: %s (committed again at the next interval)", error)
+            if self._app.on_commit_failed is not None:
+                self._app.on_commit_failed(str(error))
+
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Same as :meth:`commit`."""
+        return await self.commit(topics)
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        if self._group is None:
+            return False
+        self._group.commit(cast(dict[TPKey, int], offsets))
+        return True
+
+    async def wait_empty(self) -> None:
+        """Wait (at most 30 s) until every record handed out is answered, then commit."""
+        await self._wait_until(lambda: self.positions.in_flight() == 0, WAIT_EMPTY_S)
+        self._commit_sent = None
+        await self.commit()
+
+    async def _wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.positions.when(condition, wake)
+        try:
+            await asyncio.wait_for(done, timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def on_stop(self) -> None:
+        """Leave the group: the last revoke commits what was answered."""
+        if self._group is not None:
+            await self._group.close()
+
+    # -- what Faust asks of a driver ------------------------------------------------------
+
+    def assignment(self) -> set[TP]:
+        """The partitions this worker owns."""
+        return {TP(t, p) for t, p in self._group.assignment()} if self._group else set()
+
+    def highwater(self, tp: tuple[str, int]) -> int:
+        """The partition's last known end offset (-1 if unknown)."""
+        return self._group.high_watermarks().get(tp, -1) if self._group else -1
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        """Last known end offsets."""
+        return {tp: self.highwater(tp) for tp in partitions}
+
+    async def earliest_offsets(self, *partitions: TP) -> Mapping[TP, int]:
+        """Not tracked (no tables): empty."""
+        return {}
+
+    async def position(self, tp: TP) -> int | None:
+        """The offset after the last record handed to the pipeline."""
+        part = self.positions.get(tp)
+        return part.handed if part is not None else None
+
+    def topic_partitions(self, topic: str) -> int | None:
+        """Unknown to this driver (Faust tables would need it; the engine has none)."""
+        return None
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Partitions start at their committed offsets when assigned: nothing to do."""
+        return {}
+
+    async def perform_seek(self) -> None:
+        """Partitions start at their committed offsets when assigned: nothing to do."""
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        """Not supported: positions only move by answering records."""
+        raise NotImplementedError("the rdkafka driver does not seek on request")
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        raise NotImplementedError("the rdkafka driver does not seek on request")
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        raise NotImplementedError("records are delivered in batches (_drain_messages)")
+
+    def _new_topicpartition(self, topic: str, partition: int) -> TP:
+        return TP(topic, partition)
+
+    def _to_message(self, tp: TP, record: Any) -> Any:
+        raise NotImplementedError("records are delivered in batches (_drain_messages)")
+
+    async def create_topic(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        """Topics are created by ``sie up`` or the operator (streams/admin.py), not by the worker."""
+        raise NotImplementedError("the worker does not create topics")
+
+    def key_partition(self, topic: str, key: bytes | None, partition: int | None = None) -> int | None:
+        """Partitioning is librdkafka's."""
+        return None
+
+    def close(self) -> None:
+        """Closing happens in :meth:`on_stop`, where the last revoke can still run."""
+
+    def verify_recovery_event_path(self, now: float, tp: TP) -> None:
+        """No tables, no recovery."""
+
+
+class _Listener:
+    """The group consumer's rebalance callbacks, run on the event loop for :class:`EngineConsumer`."""
+
+    def __init__(self, consumer: EngineConsumer) -> None:
+        self._c = consumer
+
+    async def assigned(self, starts: Mapping[TPKey, int]) -> None:
+        c = self._c
+        for tp, start in starts.items():
+            c.positions.assign(TP(*tp), start)
+            c._revoking.discard(tp)
+        c.app.on_rebalance_start()
+        await c.on_partitions_assigned(c.assignment())
+
+    async def revoking(self, tps: list[TPKey]) -> dict[TPKey, int]:
+        c = self._c
+        c._revoking.update(tps)
+        keys = [TP(*tp) for tp in tps]
+        await c._wait_until(lambda: c.positions.in_flight(keys) == 0, c._app.kafka.revoke_timeout_s)
+        return cast(dict[TPKey, int], c.positions.to_commit(keys))
+
+    async def revoked(self, tps: list[TPKey], committed: Mapping[TPKey, int]) -> None:
+        c = self._c
+        c.positions.committed(cast(dict[Any, int], dict(committed)))
+        self._forget(tps)
+        await c.app.on_partitions_revoked.send(set(TP(*tp) for tp in tps))
+
+    async def lost(self, tps: list[TPKey]) -> None:
+        self._forget(tps)
+
+    def _forget(self, tps: Sequence[TPKey]) -> None:
+        for tp in tps:
+            self._c.positions.revoke(TP(*tp))
+            self._c._revoking.discard(tp)
+
+
+class EngineProducer(faust_producer.Producer):
+    """Faust's producer interface on a confluent-kafka producer (built on first use).
+
+    The engine's outputs go through its own sink (streams/sink.py); this serves what Faust itself
+    sends (``app.send``, ``topic.send``), so that no other Kafka client is built in a worker.
+    """
+
+    _producer: Any = None
+
+    def _client(self) -> Any:
+        if self._producer is None:
+            app = cast(EngineApp, self.app)
+            self._producer = new_producer(app.kafka.confluent_config(), tuning={"linger.ms": "5"})
+        return self._producer
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Awaitable[RecordMetadata]:
+        """Hand the record to librdkafka; the future resolves when the broker acknowledged it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[RecordMetadata] = loop.create_future()
+
+        def delivered(err: Any, msg: Any) -> None:
+            if future.done():
+                return
+            if err is not None:
+                loop.call_soon_threadsafe(future.set_exception, RuntimeError(str(err)))
+            else:
+                meta = RecordMetadata(
+                    msg.topic(), msg.partition(), TP(msg.topic(), msg.partition()), msg.offset()
+                )
+                loop.call_soon_threadsafe(future.set_result, meta)
+
+        producer = self._client()
+        hdrs = list(headers.items()) if isinstance(headers, Mapping) else headers
+        await produce_waiting_async(producer, topic, value, key, hdrs, delivered)
+        producer.poll(0)
+        return future
+
+    async def send_and_wait(
+        self, topic: str, key: bytes | None, value: bytes | None, *args: Any, **kw: Any
+    ) -> Any:
+        """:meth:`send`, then wait for the acknowledgement."""
+        future = await self.send(topic, key, value, *args, **kw)
+        while not future.done():  # type: ignore[attr-defined]
+            self._client().poll(0)
+            await asyncio.sleep(0.005)
+        return await future
+
+    async def flush(self) -> None:
+        """Wait until every record sent is acknowledged."""
+        if self._producer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._producer.flush)
+
+    def supports_headers(self) -> bool:
+        """Headers are supported."""
+        return True
+
+
+class Transport(base.Transport):
+    """The ``rdkafka://`` transport: :class:`EngineConsumer` and :class:`EngineProducer`."""
+
+    Consumer: ClassVar[Any] = EngineConsumer
+    Producer: ClassVar[Any] = EngineProducer
+    driver_version = "sie-rdkafka"

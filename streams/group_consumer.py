@@ -1,0 +1,408 @@
+"""librdkafka's consumer in a thread of its own, handing fetched records to the event loop.
+
+One thread owns the ``confluent_kafka.Consumer``: every call on it (consume, assign, commit,
+seek, pause, close) is made there, and librdkafka serves its rebalance and commit callbacks there.
+The event loop takes what was fetched with :meth:`GroupConsumer.take` and tells the thread what to
+commit with :meth:`GroupConsumer.commit`. The thread may wait for the loop (a revoke waits for the
+records in flight); the loop never waits for the thread.
+
+**Latency.** ``consume(n, timeout)`` waits out its whole timeout unless ``n`` records arrive;
+at low rates that is pure latency. The thread takes what is already fetched with
+``consume(n, 0)`` and, when there is nothing, waits in ``poll(timeout)``, which returns as soon as
+one record arrives; the records right behind it are taken by the next ``consume(n, 0)``.
+
+**Backpressure.** While more than ``max_buffered`` records wait for the loop, the thread pauses
+its partitions (librdkafka drops what it prefetched and fetches again from the position after
+the last record handed out on resume) and keeps polling, so rebalances are served meanwhile.
+
+**Committed positions** (see ``shared/notes/broker-freeze.md`` for why each rule is there):
+
+* An assignment never lets librdkafka look up committed offsets by itself: an OffsetFetch
+  answered with a request-level error (NOT_COORDINATOR after a broker freeze) would leave the
+  partition never fetched (librdkafka issue #5586). The thread asks with ``committed()``, retries
+  an error until the coordinator answers, and assigns explicit offsets; "nothing committed" is
+  only ever a per-partition answer, and then reading starts at ``auto.offset.reset``.
+* A revoke stops handing out the partitions' records, waits for those in flight, commits their
+  acknowledged positions synchronously and only then releases them.
+* A commit counts only once librdkafka reports it succeeded for that partition.
+* A watchdog finds an assigned, unpaused partition whose position has not moved for
+  ``stall_after_s`` while the broker holds records past it, and restarts its fetch at the
+  position (``on_stall`` is told).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+
+from engine.backoff import next_delay
+
+log = logging.getLogger(__name__)
+
+TPKey = tuple[str, int]  # (topic, partition)
+Batch = list[tuple[TPKey, list[Any]]]  # per partition, confluent Messages in offset order
+
+IDLE_POLL_S = 0.05  # longest a poll waits for a record (commands wait at most this long)
+WATCH_EVERY_S = 1.0
+ASSIGN_RETRY_MAX_S = 2.0
+
+
+class RebalanceListener(Protocol):
+    """What the event loop does when partitions come and go (coroutines run on the loop)."""
+
+    def assigned(self, starts: Mapping[TPKey, int]) -> Awaitable[None]:
+        """``starts``: the partitions added and the offset reading starts at."""
+
+    def revoking(self, tps: list[TPKey]) -> Awaitable[dict[TPKey, int]]:
+        """Stop handing out ``tps``, wait for their records in flight; the positions to commit."""
+
+    def revoked(self, tps: list[TPKey], committed: Mapping[TPKey, int]) -> Awaitable[None]:
+        """``tps`` are released (``committed``: what the broker confirmed for them)."""
+
+    def lost(self, tps: list[TPKey]) -> Awaitable[None]:
+        """``tps`` were taken away without a revoke (the session expired): nothing to commit."""
+
+
+@dataclass
+class _Watch:
+    position: int = -1
+    since: float = field(default_factory=time.monotonic)
+
+
+class GroupConsumer:
+    """A subscribed librdkafka consumer run by one thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        topics: list[str],
+        listener: RebalanceListener,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        reset: str = "earliest",
+        max_buffered: int = 20_000,
+        batch_max: int = 1_000,
+        revoke_timeout_s: float = 30.0,
+        stall_after_s: float = 10.0,
+        on_commit: Callable[[dict[TPKey, int], KafkaError | None], None] | None = None,
+        on_stall: Callable[[TPKey], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        self._config = dict(config) | {"on_commit": self._committed_cb}
+        self._topics = topics
+        self._listener = listener
+        self._loop = loop
+        self._reset = OFFSET_BEGINNING if reset == "earliest" else OFFSET_END
+        self._max_buffered = max_buffered
+        self._batch_max = batch_max
+        self._revoke_timeout_s = revoke_timeout_s
+        self._stall_after_s = stall_after_s
+        self._on_commit = on_commit
+        self._on_stall = on_stall
+        self._on_failure = on_failure
+        self._lock = threading.Lock()
+        self._buffer: deque[Batch] = deque()
+        self._buffered = 0
+        self._arrived = asyncio.Event()
+        self._wake_pending = False
+        self._commands: deque[Callable[[Consumer], None]] = deque()
+        self._closing = threading.Event()
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._assignment: set[TPKey] = set()
+        self._paused = False
+        self._watch: dict[TPKey, _Watch] = {}
+        self._high: dict[TPKey, int] = {}
+        self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
+
+    # -- the event loop's side -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the consumer, subscribe and start the thread."""
+        self._thread.start()
+
+    def assignment(self) -> set[TPKey]:
+        """The partitions assigned now (a copy)."""
+        return set(self._assignment)
+
+    def high_watermarks(self) -> dict[TPKey, int]:
+        """The last known end offset of each assigned partition (refreshed by the watchdog)."""
+        return dict(self._high)
+
+    async def take(self) -> Batch:
+        """Wait for fetched records and take them all (several polls' worth, in order)."""
+        while True:
+            with self._lock:
+                if self._buffer:
+                    batches, self._buffer = self._buffer, deque()
+                    self._buffered = 0
+                    self._arrived.clear()
+                    self._wake_pending = False
+                    break
+            await self._arrived.wait()
+        if len(batches) == 1:
+            return batches[0]
+        return [part for batch in batches for part in batch]
+
+    def commit(self, offsets: Mapping[TPKey, int]) -> None:
+        """Commit ``offsets`` asynchronously (the result reaches ``on_commit`` on the loop)."""
+        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        self._commands.append(lambda c: c.commit(offsets=parts, asynchronous=True))
+
+    async def close(self) -> None:
+        """Leave the group (a last revoke commits what is done) and stop the thread."""
+        if not self._thread.is_alive():
+            return
+        self._closing.set()
+        await asyncio.shield(self._closed)
+
+    # -- the thread's side -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        consumer = None
+        try:
+            consumer = Consumer(self._config)
+            consumer.subscribe(
+                self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+            self._loop_until_closed(consumer)
+        except Exception as err:
+            log.exception("the Kafka consumer thread failed")
+            if self._on_failure is not None and not self._closing.is_set():
+                self._loop.call_soon_threadsafe(self._on_failure, f"Kafka consumer failed: {err}")
+        finally:
+            if consumer is not None:
+                self._close(consumer)
+            self._loop.call_soon_threadsafe(_resolve, self._closed)
+
+    def _close(self, consumer: Consumer) -> None:
+        try:
+            consumer.close()  # serves the last revoke: in-flight records finish, positions commit
+        except Exception as err:  # already closed, or the broker is gone
+            log.warning("closing the Kafka consumer: %s", err)
+
+    def _loop_until_closed(self, consumer: Consumer) -> None:
+        next_watch = time.monotonic() + WATCH_EVERY_S
+        while not self._closing.is_set():
+            while self._commands:
+                self._command(consumer, self._commands.popleft())
+            self._flow(consumer)
+            messages = consumer.consume(self._batch_max, 0)
+            if not messages:
+                first = consumer.poll(IDLE_POLL_S)
+                if first is not None:
+                    messages = [first, *consumer.consume(self._batch_max - 1, 0)]
+            if messages:
+                self._accept(messages)
+            now = time.monotonic()
+            if now >= next_watch:
+                next_watch = now + WATCH_EVERY_S
+                self._watchdog(consumer, now)
+
+    def _command(self, consumer: Consumer, command: Callable[[Consumer], None]) -> None:
+        try:
+            command(consumer)
+        except KafkaException as err:  # e.g. a commit while the group rebalances
+            log.warning("Kafka consumer: %s", err.args[0])
+            if self._on_commit is not None:
+                self._loop.call_soon_threadsafe(self._on_commit, {}, err.args[0])
+
+    def _accept(self, messages: list[Any]) -> None:
+        parts: dict[TPKey, list[Any]] = {}
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                self._consumer_error(err)
+                continue
+            key = (m.topic(), m.partition())
+            part = parts.get(key)
+            if part is None:
+                parts[key] = [m]
+            else:
+                part.append(m)
+        if not parts:
+            return
+        batch = [(k, v) for k, v in parts.items() if k in self._assignment]
+        with self._lock:
+            self._buffer.append(batch)
+            self._buffered += sum(len(v) for _, v in batch)
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:
+            self._loop.call_soon_threadsafe(self._arrived.set)
+
+    def _consumer_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            raise KafkaException(err)
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("Kafka consumer: %s", err)
+
+    def _flow(self, consumer: Consumer) -> None:
+        with self._lock:
+            full = self._buffered >= self._max_buffered
+            drained = self._buffered <= self._max_buffered // 2
+        if full and not self._paused:
+            consumer.pause([TopicPartition(t, p) for t, p in self._assignment])
+            self._paused = True
+        elif self._paused and drained:
+            consumer.resume([TopicPartition(t, p) for t, p in self._assignment])
+            self._paused = False
+
+    def _call(self, coro: Awaitable[Any], timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+
+    def _drop_buffered(self, tps: set[TPKey]) -> None:
+        with self._lock:
+            kept: deque[Batch] = deque()
+            for batch in self._buffer:
+                part = [(k, v) for k, v in batch if k not in tps]
+                if part:
+                    kept.append(part)
+            self._buffer = kept
+            self._buffered = sum(len(v) for b in kept for _, v in b)
+
+    # -- rebalances (served inside poll/consume/close, on this thread) ------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not partitions:
+            return
+        starts = self._starts(consumer, partitions)
+        consumer.incremental_assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+        if self._paused:
+            consumer.pause([TopicPartition(t, p) for t, p in starts])
+        self._assignment |= set(starts)
+        for key, offset in starts.items():
+            self._watch[key] = _Watch(offset)
+        log.info("assigned %s", _describe(starts))
+        self._call(self._listener.assigned(starts))
+
+    def _starts(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[TPKey, int]:
+        """The committed offset of each partition, asked until the coordinator answers for all."""
+        delay = 0.1
+        while True:
+            try:
+                answers = consumer.committed(partitions, timeout=10)
+                errors = [a for a in answers if a.error is not None]
+                if not errors:
+                    return {(a.topic, a.partition): self._start_of(consumer, a) for a in answers}
+                log.warning("committed offsets not known yet (%s); asking again", errors[0].error)
+            except KafkaException as err:  # request-level errors: NOT_COORDINATOR, timeouts
+                log.warning("committed offsets not known yet (%s); asking again", err.args[0])
+            if self._closing.is_set():
+                raise KafkaException(KafkaError(KafkaError._DESTROY, "closing while assigning"))
+            time.sleep(delay)
+            delay = next_delay(delay, 2.0, ASSIGN_RETRY_MAX_S)
+
+    def _start_of(self, consumer: Consumer, answer: TopicPartition) -> int:
+        if answer.offset >= 0:
+            return int(answer.offset)
+        low, high = consumer.get_watermark_offsets(TopicPartition(answer.topic, answer.partition), timeout=10)
+        return int(low if self._reset == OFFSET_BEGINNING else high)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        if not tps:
+            return
+        self._drop_buffered(set(tps))
+        try:
+            offsets = self._call(self._listener.revoking(tps), self._revoke_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "records of %s still in flight after %.0fs; releasing them", tps, self._revoke_timeout_s
+            )
+            offsets = {}
+        confirmed = self._commit_now(consumer, offsets) if offsets else {}
+        consumer.incremental_unassign(partitions)
+        self._release(tps)
+        log.info("revoked %s (committed %s)", tps, _describe(confirmed) or "nothing new")
+        self._call(self._listener.revoked(tps, confirmed))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        self._drop_buffered(set(tps))
+        self._release(tps)
+        log.warning("partitions lost (session expired): %s", tps)
+        self._call(self._listener.lost(tps))
+
+    def _release(self, tps: list[TPKey]) -> None:
+        for key in tps:
+            self._assignment.discard(key)
+            self._watch.pop(key, None)
+            self._high.pop(key, None)
+
+    def _commit_now(self, consumer: Consumer, offsets: Mapping[TPKey, int]) -> dict[TPKey, int]:
+        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            answers = consumer.commit(offsets=parts, asynchronous=False)
+        except KafkaException as err:
+            log.warning("commit of %s failed: %s", _describe(offsets), err.args[0])
+            return {}
+        return {(a.topic, a.partition): a.offset for a in answers or [] if a.error is None}
+
+    def _committed_cb(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        confirmed = {
+            (p.topic, p.partition): p.offset for p in partitions if p.error is None and p.offset >= 0
+        }
+        failed = err if err is not None else next((p.error for p in partitions if p.error is not None), None)
+        if self._on_commit is not None:
+            self._loop.call_soon_threadsafe(self._on_commit, confirmed, failed)
+
+    # -- the stall watchdog ---------------------------------------------------------------
+
+    def _watchdog(self, consumer: Consumer, now: float) -> None:
+        if not self._assignment:
+            return
+        tps = [TopicPartition(t, p) for t, p in self._assignment]
+        for tp in consumer.position(tps):
+            key = (tp.topic, tp.partition)
+            watch = self._watch.setdefault(key, _Watch(tp.offset))
+            high = consumer.get_watermark_offsets(tp, cached=True)[1]
+            if high >= 0:
+                self._high[key] = high
+            if tp.offset >= 0 and tp.offset != watch.position:
+                watch.position, watch.since = tp.offset, now
+            elif not self._paused and now - watch.since >= self._stall_after_s:
+                self._maybe_restart(consumer, key, watch, now)
+
+    def _maybe_restart(self, consumer: Consumer, key: TPKey, watch: _Watch, now: float) -> None:
+        tp = TopicPartition(*key)
+        try:
+            high = consumer.get_watermark_offsets(tp, timeout=2)[1]
+        except KafkaException:
+            return  # the broker is away: nothing can be fetched now anyway
+        self._high[key] = high
+        if high <= watch.position:
+            watch.since = now  # nothing waits: an idle partition, not a stalled one
+            return
+        log.warning(
+            "partition %s[%d] has not moved from %d for %.0fs while records wait (end %d); "
+            "restarting its fetch",
+            key[0],
+            key[1],
+            watch.position,
+            now - watch.since,
+            high,
+        )
+        try:
+            consumer.seek(TopicPartition(key[0], key[1], watch.position))
+        except KafkaException:  # no fetch state to seek in: assign the partition again
+            consumer.incremental_unassign([tp])
+            consumer.incremental_assign([TopicPartition(key[0], key[1], watch.position)])
+        watch.since = now
+        if self._on_stall is not None:
+            self._loop.call_soon_threadsafe(self._on_stall, key)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _describe(offsets: Mapping[TPKey, int]) -> str:
+    return ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(offsets.items()))
