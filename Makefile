@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 DEMO_RATE ?= 500
 WORKERS ?= 1
 PYTEST_ARGS ?=
+REPEAT ?= 1
 
 .PHONY: demo test lint unit integration chaos bench bench-quick models clean kafka
 
@@ -39,8 +40,10 @@ unit: $(STAMP)
 integration: kafka
 	$(BIN)/python -m pytest tests/integration -q $(PYTEST_ARGS)
 
+# Each chaos test REPEAT times in a row (make chaos REPEAT=5): a fault test that fails once in N runs
+# is a defect, so fault-handling changes are run several times.
 chaos: kafka
-	$(BIN)/python -m pytest tests/chaos -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/chaos -q -rs --repeat $(REPEAT) $(PYTEST_ARGS)
 
 test: lint kafka
 	$(BIN)/python -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)

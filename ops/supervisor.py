@@ -10,8 +10,9 @@ unit-tested without processes (tests/unit/test_supervisor.py).
   ``stable_after_s``.
 * The supervisor gives up (:class:`GaveUp`) when a child has exited
   ``max_exits`` times within ``window_s`` seconds.
-* A *watched* child (the broker, which holds the data) is never restarted nor
-  stopped here: its exit raises :class:`ChildLost`.
+* Every child is supervised the same way, the broker too: it restarts on its
+  own data directory (log recovery after an unclean stop), and the workers,
+  which ride through the outage, resume from their committed positions.
 
 The owner calls :meth:`Supervisor.poll` from its own loop; a poll only starts
 processes and asks readiness probes, it never waits for a child.
@@ -39,8 +40,8 @@ class Clock(Protocol):
         """The current time."""
 
 
-class Watched(Protocol):
-    """A child whose exit the supervisor notices but never acts on (the broker)."""
+class Child(Protocol):
+    """A child the supervisor restarts."""
 
     @property
     def name(self) -> str:
@@ -48,10 +49,6 @@ class Watched(Protocol):
 
     def exit_code(self) -> int | None:
         """None while it runs; else its return code (negative: killed by that signal)."""
-
-
-class Child(Watched, Protocol):
-    """A child the supervisor restarts."""
 
     def respawn(self) -> None:
         """Start it again as before (same settings and ports); must not wait until it is ready."""
@@ -93,10 +90,6 @@ class SupervisionError(RuntimeError):
 
 class GaveUp(SupervisionError):
     """A supervised child exited too often within the window."""
-
-
-class ChildLost(SupervisionError):
-    """A watched (never restarted) child exited."""
 
 
 def _probe(child: Child) -> bool:
@@ -147,20 +140,18 @@ class _State:
 
 
 class Supervisor:
-    """Restarts exited ``children`` by ``policy``; raises when it gives up or a watched child exits."""
+    """Restarts exited ``children`` by ``policy``; raises :class:`GaveUp` when it gives up."""
 
     def __init__(
         self,
         children: Sequence[Child],
         *,
-        watched: Sequence[Watched] = (),
         policy: RestartPolicy | None = None,
         clock: Clock,
         notify: Notify = _log_notice,
     ) -> None:
         self.policy = policy or RestartPolicy()
         self._states = [_State(child) for child in children]
-        self._watched = list(watched)
         self._clock = clock
         self._notify = notify
 
@@ -171,17 +162,8 @@ class Supervisor:
     def poll(self) -> None:
         """Look at every child once: restart what is due, note exits and readiness.
 
-        Raises :class:`ChildLost` if a watched child exited, :class:`GaveUp`
-        if a supervised one exited ``max_exits`` times within ``window_s``.
+        Raises :class:`GaveUp` if a child exited ``max_exits`` times within ``window_s``.
         """
-        for watched in self._watched:
-            code = watched.exit_code()
-            if code is not None:
-                raise ChildLost(
-                    f"{watched.name} exited ({describe_exit(code)}); it is not restarted automatically, "
-                    "so the stack stops",
-                    watched.name,
-                )
         now = self._clock()
         for state in self._states:
             if state.due is not None:

@@ -29,7 +29,6 @@ from ops.supervisor import (
     RestartPolicy,
     SupervisionError,
     Supervisor,
-    Watched,
 )
 
 MINUTE_S = 60.0  # the demo prints (and reports) each minute's rate and latency
@@ -104,31 +103,32 @@ class StackChild:
 
     name: str
     process: ManagedProcess
-    respawn_with: Callable[[], None] | None = None  # None: watched only (the broker)
-    probe: Callable[[], bool] | None = None
+    respawn_with: Callable[[], None]
+    probe: Callable[[], bool]
 
     def exit_code(self) -> int | None:
         """None while it runs, else its return code (negative: the signal that ended it)."""
         return self.process.popen.poll()
 
     def respawn(self) -> None:
-        """Start it again as it was started (same settings and ports)."""
-        if self.respawn_with is None:
-            raise RuntimeError(f"{self.name} is not restarted by sie up")
+        """Start it again as it was started (same settings, ports and data)."""
         self.respawn_with()
 
     def ready(self) -> bool:
         """Its readiness probe."""
-        return self.probe() if self.probe is not None else self.process.alive
+        return self.probe()
 
 
 def supervise(stack: Stack, notify: Notify, policy: RestartPolicy | None = None) -> Supervisor:
-    """A supervisor restarting the stack's workers and tritonserver; the broker is only watched."""
-    children: list[Child] = [StackChild(w.name, w.process, w.respawn, w.ready) for w in stack.workers]
+    """A supervisor restarting the stack's broker (on its data directory), tritonserver and workers."""
+    children: list[Child] = []
+    if stack.broker is not None:
+        broker = stack.broker
+        children.append(StackChild(BROKER, broker.process, broker.process.start, broker.ready))
     if stack.triton is not None:
         children.append(StackChild(TRITON, stack.triton.process, stack.triton.respawn, stack.triton.ready))
-    watched: list[Watched] = [StackChild(BROKER, stack.broker.process)] if stack.broker is not None else []
-    return Supervisor(children, watched=watched, policy=policy, clock=time.monotonic, notify=notify)
+    children += [StackChild(w.name, w.process, w.respawn, w.ready) for w in stack.workers]
+    return Supervisor(children, policy=policy, clock=time.monotonic, notify=notify)
 
 
 def _print_notice(console: Console, notice: Notice, processes: dict[str, ManagedProcess]) -> None:

@@ -9,6 +9,7 @@ topics back and accounts for every id (:func:`account`). Figures go to
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -192,6 +193,33 @@ def account(
         per_partition_times={p: sorted(ts) for p, ts in per_partition.items()},
         duplicate_ids=sorted(i for i, n in counts.items() if n > 1),
     )
+
+
+_ASSIGNED = re.compile(r"^(\S+ \S+) INFO streams\.group_consumer: assigned (.*)$", re.M)
+_REVOKED = re.compile(r"^(\S+ \S+) INFO streams\.group_consumer: revoked .* \(committed (.*)\)$", re.M)
+_POSITION = re.compile(r"(\S+)\[(\d+)\]@(\d+)")
+
+
+def positions_read_again(logs: Sequence[str]) -> list[str]:
+    """Assignments that started a partition below a position the group had reached before.
+
+    From the workers' logs (``assigned t[p]@offset`` and ``revoked ... (committed t[p]@offset)``
+    lines, in time order across workers): each assignment must start at or above every position
+    of the partition assigned or committed before it. A partition read again from below its last
+    committed position (the broker-freeze bug: reset to offset 0) shows up here.
+    """
+    events: list[tuple[str, str, str, int]] = []  # (time, kind, partition, offset)
+    for text in logs:
+        for kind, pattern in (("assigned", _ASSIGNED), ("committed", _REVOKED)):
+            for when, rest in pattern.findall(text):
+                events += [(when, kind, f"{t}[{p}]", int(o)) for t, p, o in _POSITION.findall(rest)]
+    reached: dict[str, int] = {}
+    bad = []
+    for when, kind, tp, offset in sorted(events):
+        if kind == "assigned" and offset < reached.get(tp, 0):
+            bad.append(f"{when}: {tp} assigned at {offset}, below {reached[tp]} reached before")
+        reached[tp] = max(reached.get(tp, 0), offset)
+    return bad
 
 
 def longest_stall(acc: Accounting, after: float, before: float | None = None) -> float:

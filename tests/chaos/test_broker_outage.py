@@ -28,6 +28,7 @@ from tests.chaos.harness import (
     caught_up_at,
     first_output_after,
     longest_stall,
+    positions_read_again,
     write_report,
 )
 from tests.chaos.test_triton_outage import pending_bound
@@ -104,6 +105,7 @@ def _run(
         "longest_stall_s": longest_stall(acc, down_at - 1.0),
         "in_flight_window_s": round(end - start, 3),
         "duplicates_outside_window": len(outside),
+        "positions_read_again": positions_read_again(logs),
         "pending_bound_per_worker": pending_bound(settings, n_models=2),
         "workers_alive": alive,
         "workers_logging_outage": sum(OUTAGE_LINE in text for text in logs),
@@ -116,6 +118,7 @@ def _run(
     assert acc.dead_lettered == 0, acc.dlq_reasons
     assert caught_up is not None, "the workers never caught up with the backlog"
     assert not outside, f"{len(outside)} duplicates outside the in-flight window, e.g. {outside[:3]}"
+    assert not figures["positions_read_again"], figures["positions_read_again"]
     assert figures["workers_logging_outage"] >= 1, logs[0][-3000:]
     assert figures["workers_logging_recovery"] >= 1, logs[0][-3000:]
 

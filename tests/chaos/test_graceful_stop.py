@@ -26,7 +26,13 @@ import pytest
 from engine.settings import Settings
 from ops.stack import WorkerProcess
 from tests.chaos.conftest import StartTriton
-from tests.chaos.harness import SteadyProducer, account, first_output_after, write_report
+from tests.chaos.harness import (
+    SteadyProducer,
+    account,
+    first_output_after,
+    positions_read_again,
+    write_report,
+)
 from tests.integration.conftest import StartWorker
 from tests.integration.kafka import collect
 
@@ -84,6 +90,8 @@ def test_sigterm_under_load_drains_commits_and_restart_duplicates_nothing(
     assert acc.lost == 0, acc.missing_sample
     assert acc.dead_lettered == 0, acc.dlq_reasons
     assert acc.duplicates == 0
+    log = worker.process.log_path.read_text(errors="replace")
+    assert not positions_read_again([log]), positions_read_again([log])
 
 
 def test_sigterm_while_the_pipeline_is_full_exits_promptly_and_loses_nothing(

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,18 @@ class Output(threading.Thread):
     def text(self) -> str:
         with self._lock:
             return "\n".join(line for _, line in self.lines)
+
+    def nth(self, pattern: str, n: int, timeout: float) -> tuple[float, str]:
+        """The ``n``-th line matching ``pattern`` (its time, the line); fails after ``timeout``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                found = [(t, line) for t, line in self.lines if regex.search(line)]
+            if len(found) >= n:
+                return found[n - 1]
+            time.sleep(0.1)
+        pytest.fail(f"fewer than {n} lines matching {pattern!r} after {timeout:.0f}s:\n{self.text[-5000:]}")
 
     def wait_for(self, pattern: str, timeout: float) -> tuple[float, str]:
         """The first line matching ``pattern`` (its time, the line); fails on exit or timeout."""
@@ -140,8 +153,18 @@ def _gone(data_dir: Path, timeout: float = 15.0) -> dict[int, str]:
     return left
 
 
-@pytest.mark.timeout(600)
-def test_sie_up_restarts_a_killed_worker_and_tritonserver_and_loses_nothing(tmp_path: Path) -> None:
+@dataclass
+class Up:
+    """A running ``sie up`` subprocess and what the test reads of it."""
+
+    proc: subprocess.Popen[bytes]
+    output: Output
+    data_dir: Path
+    bootstrap: str
+
+
+def launch_up(tmp_path: Path) -> Up:
+    """``sie up --workers 2`` on free ports with its data under ``tmp_path``."""
     data_dir = tmp_path / "sie"
     kafka_port = free_port()
     argv = [
@@ -166,6 +189,34 @@ def test_sie_up_restarts_a_killed_worker_and_tritonserver_and_loses_nothing(tmp_
     up = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = Output(up)
     output.start()
+    return Up(up, output, data_dir, f"127.0.0.1:{kafka_port}")
+
+
+def stop_up(up: Up) -> tuple[int, float, dict[int, str]]:
+    """SIGINT, then (exit code, seconds to exit, processes left behind)."""
+    stop_sent_at = time.monotonic()
+    up.proc.send_signal(signal.SIGINT)
+    try:
+        exit_code = up.proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"sie up still running {STOP_TIMEOUT_S:.0f}s after SIGINT:\n{up.output.text[-5000:]}")
+    stop_s = time.monotonic() - stop_sent_at
+    up.output.join(10)
+    return exit_code, stop_s, _gone(up.data_dir)
+
+
+def kill_up(up: Up) -> None:
+    """Whatever is left of ``up`` and its children."""
+    if up.proc.poll() is None:
+        up.proc.kill()  # its children die with it (PR_SET_PDEATHSIG)
+        up.proc.wait(30)
+    _kill_all(up.data_dir)
+
+
+@pytest.mark.timeout(600)
+def test_sie_up_restarts_a_killed_worker_and_tritonserver_and_loses_nothing(tmp_path: Path) -> None:
+    stack = launch_up(tmp_path)
+    up, output, data_dir = stack.proc, stack.output, stack.data_dir
     try:
         launched = time.monotonic()
         output.wait_for(r"stack ready in", START_TIMEOUT_S)
@@ -174,7 +225,7 @@ def test_sie_up_restarts_a_killed_worker_and_tritonserver_and_loses_nothing(tmp_
         worker_pid = pid_of(data_dir, f"worker {WORKER}")
         triton_pid = pid_of(data_dir, "tritonserver")
 
-        bootstrap = f"127.0.0.1:{kafka_port}"
+        bootstrap = stack.bootstrap
         producer = SteadyProducer(bootstrap, "events", count=EVENTS, rate=RATE, prefix="up")
         producer.start()
 
@@ -199,20 +250,9 @@ def test_sie_up_restarts_a_killed_worker_and_tritonserver_and_loses_nothing(tmp_
         sent_at = producer.sent_at
         del producer  # its librdkafka client goes before the broker does
 
-        stop_sent_at = time.monotonic()
-        up.send_signal(signal.SIGINT)
-        try:
-            exit_code = up.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"sie up still running {STOP_TIMEOUT_S:.0f}s after SIGINT:\n{output.text[-5000:]}")
-        stop_s = time.monotonic() - stop_sent_at
-        output.join(10)
-        leftovers = _gone(data_dir)
+        exit_code, stop_s, leftovers = stop_up(stack)
     finally:
-        if up.poll() is None:
-            up.kill()  # its children die with it (PR_SET_PDEATHSIG)
-            up.wait(30)
-        _kill_all(data_dir)
+        kill_up(stack)
 
     settings = Settings.model_validate({"kafka": {"session_timeout_s": SESSION_TIMEOUT_S}})
     window = uncommitted_window(settings, RATE)
@@ -247,4 +287,50 @@ def test_sie_up_restarts_a_killed_worker_and_tritonserver_and_loses_nothing(tmp_
     assert exit_code == 0, text[-5000:]
     assert "stopped" in text.splitlines()[-1], text[-3000:]
     assert "error:" not in text, text[-5000:]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.timeout(600)
+def test_sie_up_restarts_a_broker_killed_twice_and_every_event_is_answered(tmp_path: Path) -> None:
+    stack = launch_up(tmp_path)
+    output, data_dir = stack.output, stack.data_dir
+    try:
+        output.wait_for(r"stack ready in", START_TIMEOUT_S)
+        producer = SteadyProducer(
+            stack.bootstrap,
+            "events",
+            count=EVENTS,
+            rate=RATE,
+            prefix="upkafka",
+            client_config={"enable.idempotence": "true"},  # survives the broker's restarts without duplicates
+        )
+        producer.start()
+        kills: list[dict[str, float | str]] = []
+        for n, share in enumerate((0.2, 0.6), start=1):
+            producer.wait_sent(share)
+            broker_pid = pid_of(data_dir, "kafka")
+            killed_at = time.time()
+            os.kill(broker_pid, signal.SIGKILL)
+            exit_line = output.wait_for(
+                rf"Kafka broker exited \(SIGKILL\); restarting in .*\(restart {n}\)", 30
+            )[1]
+            ready_at = output.nth(r"Kafka broker ready again", n, RESTART_TIMEOUT_S)[0]
+            kills.append({"kill_to_ready_s": round(ready_at - killed_at, 3), "line": exit_line})
+            assert pid_of(data_dir, "kafka") != broker_pid
+        producer.finish(timeout=300)
+        acc = account(stack.bootstrap, "predictions", "events.dlq", producer.ids, timeout=300)
+        still_up = stack.proc.poll() is None
+        del producer
+        exit_code, stop_s, leftovers = stop_up(stack)
+    finally:
+        kill_up(stack)
+
+    write_report(
+        "up_broker_kill", acc.figures() | {"rate_per_s": RATE, "kills": kills, "stop_s": round(stop_s, 3)}
+    )
+    text = output.text
+    assert still_up, text[-5000:]
+    assert acc.lost == 0, acc.missing_sample
+    assert acc.dead_lettered == 0, acc.dlq_reasons
+    assert exit_code == 0 and "error:" not in text, text[-5000:]
     assert not leftovers, leftovers

@@ -17,7 +17,6 @@ from ops import up
 from ops.embedded import ManagedProcess, TritonProcess, child_env
 from ops.stack import Stack, WorkerProcess
 from ops.supervisor import (
-    ChildLost,
     GaveUp,
     Level,
     Notice,
@@ -70,11 +69,11 @@ class FakeChild:
 
 
 def make(
-    *children: FakeChild, watched: tuple[FakeChild, ...] = (), policy: RestartPolicy | None = None
+    *children: FakeChild, policy: RestartPolicy | None = None
 ) -> tuple[Supervisor, FakeClock, list[Notice]]:
     clock = FakeClock()
     notices: list[Notice] = []
-    sup = Supervisor(list(children), watched=list(watched), policy=policy, clock=clock, notify=notices.append)
+    sup = Supervisor(list(children), policy=policy, clock=clock, notify=notices.append)
     return sup, clock, notices
 
 
@@ -224,21 +223,13 @@ def test_readiness_after_a_restart_is_noticed_once() -> None:
     assert ready == ["worker-1 ready again 5.0s after it exited"]
 
 
-def test_the_broker_is_never_restarted_or_stopped() -> None:
-    worker, broker = FakeChild("worker-1"), FakeChild("Kafka broker")
-    sup, clock, _ = make(worker, watched=(broker,))
-    for _ in range(3):
-        crash_and_restart(sup, clock, worker)
-    assert (broker.respawns, broker.stops) == (0, 0)
-
-    broker.code = -9
-    with pytest.raises(ChildLost) as caught:
-        sup.poll()
-    assert caught.value.child == "Kafka broker"
-    assert "Kafka broker exited (SIGKILL)" in str(caught.value)
-    assert "not restarted" in str(caught.value)
-    assert (broker.respawns, broker.stops) == (0, 0)
-    assert "Kafka broker" not in sup.restarts()
+def test_the_broker_is_restarted_like_any_other_child() -> None:
+    broker, worker = FakeChild("Kafka broker"), FakeChild("worker-1")
+    sup, clock, notices = make(broker, worker)
+    crash_and_restart(sup, clock, broker)
+    assert broker.respawns == 1 and worker.respawns == 0
+    assert any("Kafka broker exited" in n.text and "restarting in" in n.text for n in notices)
+    assert sup.restarts()["Kafka broker"] == 1
 
 
 def test_next_poll_in_waits_no_longer_than_a_due_restart() -> None:
@@ -344,14 +335,19 @@ def test_sie_up_gives_up_with_one_clear_error_and_exit_1(
     assert text.rstrip().endswith("stopped")
 
 
-def test_sie_up_stops_when_the_broker_exits_and_never_restarts_it(
+def test_sie_up_restarts_a_broker_that_exits_and_goes_on(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     code, text, events = run_fake_up(monkeypatch, tmp_path, worker_exit=None, broker_exit=-9)
-    assert code == 1
-    assert "error: Kafka broker exited (SIGKILL); it is not restarted automatically" in text
-    assert "start kafka" not in events
-    assert events == ["stop sie-worker-1", "stop tritonserver", "stop kafka"]  # workers drain first
+    assert code == 0
+    assert "! Kafka broker exited (SIGKILL); restarting in 0.0s (restart 1)" in text
+    assert "Kafka broker started again (restart 1)" in text
+    assert events == [
+        "start kafka",
+        "stop sie-worker-1",
+        "stop tritonserver",
+        "stop kafka",
+    ]  # workers drain first
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and /dev/shm")
