@@ -213,6 +213,11 @@ class PredictionMonitor(threading.Thread):
             lat = np.array([lat for t, lat in self.samples if start <= t < end])
         return arrived, lat
 
+    def arrival_times(self, start: float, end: float) -> np.ndarray:
+        """Arrival times (monotonic seconds) of the outputs that arrived in ``[start, end)``, sorted."""
+        with self._lock:
+            return np.sort(np.array([t for t in self.arrivals if start <= t < end]))
+
     def _on_message(
         self, topic: str, value: bytes | None, now: float, headers: list[tuple[str, bytes]] | None = None
     ) -> None:

@@ -59,12 +59,16 @@ def create_app(settings: Settings) -> EngineApp:
 
 
 def to_raw(messages: Sequence[Any], completion: Completion, now: float) -> list[RawRecord]:
-    """Pipeline records for librdkafka messages (confluent_kafka ``Message``) sharing one completion."""
+    """Pipeline records for librdkafka messages (confluent_kafka ``Message``) of one partition,
+    sharing one completion."""
+    if not messages:
+        return []
+    topic, partition = messages[0].topic(), messages[0].partition()
     out = []
     for m in messages:
         headers = m.headers()
         kind, stamp = m.timestamp()
-        source = SourceRef(m.topic(), m.partition(), m.offset(), stamp if kind and stamp > 0 else None)
+        source = SourceRef(topic, partition, m.offset(), stamp if kind and stamp > 0 else None)
         out.append(
             RawRecord(m.key(), m.value(), _headers(headers) if headers else (), source, now, completion)
         )
