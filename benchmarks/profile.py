@@ -29,14 +29,14 @@ OWN_PACKAGES = ("engine/", "streams/", "inference/", "models/", "observability/"
 
 # Stages of an event's way through a worker, by a frame that marks them (first match wins, in order).
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Kafka fetch and parse (aiokafka, Faust's consumer thread)", ("aiokafka/", "AIOKafkaConsumerThread")),
+    ("Kafka fetch (librdkafka's consumer thread: consume, buffer)", ("GroupConsumer._", "group_consumer.py")),
     ("producing outputs (confluent-kafka, delivery callbacks)", ("KafkaSink.", "_Delivery.")),
     ("Triton client (tritonclient, gRPC)", ("TritonBackend.infer", "grpc/")),
     ("decoding events", ("decode_many", "Pipeline._decode")),
     ("encoding predictions and dead letters", ("Outcomes._outputs", "Outcomes.dead")),
-    ("acknowledging: metrics, offsets, completions", ("Outcomes._sent", "ack_offsets", "Completion.")),
+    ("acknowledging: metrics, positions, completions", ("Outcomes._sent", "positions.py", "Completion.")),
     ("batching and dispatch", ("MicroBatcher.", "Pipeline._dispatch", "Pipeline._infer", "stacked_inputs")),
-    ("records from Kafka (to_raw, chunks)", ("batch_handler", "EngineConsumer.")),
+    ("records from Kafka (to_raw, chunks)", ("batch_handler", "EngineConsumer.", "to_raw")),
     ("event loop and threads (asyncio, mode)", ("asyncio/", "mode/", "threading.py", "selectors.py")),
 )
 

@@ -1,12 +1,19 @@
-"""``python -m benchmarks.rebalance``: the pause a joining and a leaving worker cause, per group protocol.
+"""``python -m benchmarks.consumer_group``: committed-position lag, and the pause a joining and a
+leaving worker cause, per group protocol.
 
-For each group protocol (``classic`` with cooperative-sticky assignment, and Kafka 4's
+**Commit lag.** Two workers at a steady offered rate (1,000 events/s); every 0.5 s each worker's
+``sie_commit_lag_seconds`` and ``sie_commit_lag_records`` are read per partition; the report
+gives the largest value seen on any partition and the rate's records per second beside it.
+
+**Rebalance pause.** For each group protocol (``classic`` with cooperative-sticky assignment, and Kafka 4's
 ``consumer`` protocol, KIP-848), on one broker and one tritonserver: one worker runs at a steady
 offered rate; a second worker joins the group, later it stops (SIGTERM, a graceful leave). A
 monitor reads every output and its latency (send to output read back). For each event it reports
 the longest gap between two outputs and the worst latency in the seconds after it, beside the
-steady state before the join. The section between the ``rebalance`` markers of
-docs/benchmarks.md is rewritten with the table.
+steady state before the join.
+
+The section between the ``consumer-group`` markers of docs/benchmarks.md is rewritten with both
+tables, and reports/bench/consumer_group.json written.
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ import argparse
 import json
 import re
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from benchmarks.run import REPO, bench_events, start_servers
@@ -29,7 +38,7 @@ from ops.loadgen import PacedProducer, PredictionMonitor, SendLog
 from ops.stack import start_worker, worker_settings
 
 PROTOCOLS = ("classic", "consumer")
-MARK_BEGIN, MARK_END = "<!-- rebalance:begin -->", "<!-- rebalance:end -->"
+MARK_BEGIN, MARK_END = "<!-- consumer-group:begin -->", "<!-- consumer-group:end -->"
 
 
 def _window(monitor: PredictionMonitor, start: float, end: float) -> dict[str, float]:
@@ -44,6 +53,59 @@ def _window(monitor: PredictionMonitor, start: float, end: float) -> dict[str, f
         "p50_ms": round(float(p50), 1),
         "p99_ms": round(float(p99), 1),
         "max_ms": round(float(worst), 1),
+    }
+
+
+def partition_samples(url: str, name: str) -> list[float]:
+    """Every sample of gauge ``name`` at the Prometheus endpoint ``url`` (none if it does not answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            text = response.read().decode()
+    except OSError:
+        return []
+    return [s.value for f in text_string_to_metric_families(text) if f.name == name for s in f.samples]
+
+
+def commit_lag(base: Settings, work: Path, rate: float, seconds: float, console: Console) -> dict[str, Any]:
+    """Two workers at ``rate``: the largest committed-position lag (s, records) seen per poll."""
+    settings = fresh_settings(base, SystemSpec("commit lag", "engine", 2), work)
+    workers = []
+    for i in (1, 2):
+        ws = worker_settings(settings, i, work)
+        workers.append(start_worker(ws, work, ws.worker_name))
+    for w in workers:
+        w.wait_ready(timeout=120)
+    producer = PacedProducer(
+        settings.kafka.confluent_config(), settings.topics.events, bench_events(seed=5), rate, SendLog()
+    )
+    producer.start()
+    worst_s: list[float] = []
+    worst_records: list[float] = []
+    try:
+        time.sleep(5.0)  # past start-up: the first commit of every partition
+        console.print(f"  commit lag: 2 workers at {rate:,.0f} events/s for {seconds:.0f}s")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            lag_s = [v for w in workers for v in partition_samples(w.metrics_url, "sie_commit_lag_seconds")]
+            lag_n = [v for w in workers for v in partition_samples(w.metrics_url, "sie_commit_lag_records")]
+            if lag_s:
+                worst_s.append(max(lag_s))
+            if lag_n:
+                worst_records.append(max(lag_n))
+            time.sleep(0.5)
+    finally:
+        producer.stop()
+        producer.join(10)
+        for w in workers:
+            w.stop()
+    s_arr, n_arr = np.array(worst_s), np.array(worst_records)
+    return {
+        "rate_per_s": rate,
+        "seconds": seconds,
+        "polls": int(s_arr.size),
+        "max_lag_s": round(float(s_arr.max()), 3) if s_arr.size else None,
+        "p99_lag_s": round(float(np.percentile(s_arr, 99)), 3) if s_arr.size else None,
+        "max_lag_records": int(n_arr.max()) if n_arr.size else None,
     }
 
 
@@ -102,15 +164,26 @@ def measure(
     }
 
 
-def markdown(results: Sequence[dict[str, Any]], machine_note: str) -> str:
+def markdown(lag: dict[str, Any], results: Sequence[dict[str, Any]], machine_note: str) -> str:
     """The docs section."""
     lines = [
         MARK_BEGIN,
+        "## Committed-position lag",
+        "",
+        f"Two workers (defaults: commit every 0.25 s) at {lag['rate_per_s']:,.0f} events/s for "
+        f"{lag['seconds']:.0f} s; each worker's `sie_commit_lag_seconds` and `sie_commit_lag_records` read "
+        f"every 0.5 s on every partition ({lag['polls']} polls). Target: at most 1 s of traffic on every "
+        "partition, all the time.",
+        "",
+        "| largest lag on any partition, s | p99 over polls, s | largest lag, records |",
+        "|---:|---:|---:|",
+        f"| {lag['max_lag_s']} | {lag['p99_lag_s']} | {lag['max_lag_records']} |",
+        "",
         "## Rebalance pause by group protocol",
         "",
         f"One worker at {results[0]['rate_per_s']:,.0f} events/s offered; a second worker joins, later "
         "leaves (SIGTERM). Per phase: the longest gap between two outputs and output latency (send to "
-        "output read back). `python -m benchmarks.rebalance` regenerates this section. " + machine_note,
+        "output read back). `python -m benchmarks.consumer_group` regenerates this section. " + machine_note,
         "",
         "| protocol | phase | outputs | longest gap ms | p50 ms | p99 ms | max ms |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -136,8 +209,10 @@ def write_section(docs: Path, section: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both protocols and write the section and reports/bench/rebalance.json."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.rebalance", description=__doc__)
-    parser.add_argument("--rate", type=float, default=5000.0)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.consumer_group", description=__doc__)
+    parser.add_argument("--rate", type=float, default=5000.0, help="offered rate of the rebalance runs")
+    parser.add_argument("--lag-rate", type=float, default=1000.0, help="offered rate of the commit-lag run")
+    parser.add_argument("--lag-s", type=float, default=60.0, help="seconds of the commit-lag run")
     parser.add_argument("--phase-s", type=float, default=20.0, help="seconds of each phase")
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     parser.add_argument("--note", default="", help="a sentence on the machine and its load")
@@ -145,10 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     console = Console()
-    work = args.out / "rebalance-work"
+    work = args.out / "consumer-group-work"
     work.mkdir(parents=True, exist_ok=True)
     broker, triton, base = start_servers(work, 4)
     try:
+        lag = commit_lag(base, work, args.lag_rate, args.lag_s, console)
+        console.print(json.dumps(lag))
         results = []
         for protocol in args.protocols:
             console.print(f"[cyan]>[/] {protocol} protocol at {args.rate:,.0f} events/s")
@@ -157,9 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         triton.stop()
         broker.stop()
-    (args.out / "rebalance.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_section(args.docs, markdown(results, args.note))
-    console.print(f"[green]wrote[/] {args.docs} and {args.out / 'rebalance.json'}")
+    report = args.out / "consumer_group.json"
+    report.write_text(json.dumps({"commit_lag": lag, "rebalance": results}, indent=2) + "\n")
+    write_section(args.docs, markdown(lag, results, args.note))
+    console.print(f"[green]wrote[/] {args.docs} and {report}")
     return 0
 
 
