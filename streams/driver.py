@@ -107,8 +107,14 @@ class EngineConsumer(faust_consumer.Consumer):
         group = self._group
         if handler is None or group is None:
             raise RuntimeError("EngineApp.batch_handler must be set before the app starts")
-        while not self.should_stop:
-            await handler(await group.take())
+        try:
+            while not self.should_stop:
+                await handler(await group.take())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the fetch loop failed")
+            raise
 
     def hand_out(self, tp: TPKey, first: int, last: int, timestamp_ms: int | None) -> Completer | None:
         """Records ``first``..``last`` of ``tp`` go to the pipeline now; the callback to run when all
@@ -253,27 +259,49 @@ class _Listener:
 
     def __init__(self, consumer: EngineConsumer) -> None:
         self._c = consumer
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def assigned(self, starts: Mapping[TPKey, int]) -> None:
         c = self._c
         for tp, start in starts.items():
             c.positions.assign(TP(*tp), start)
             c._revoking.discard(tp)
+        # Faust's own assignment handling (sensors, agents, its fetcher's start) runs as a task:
+        # the consumer thread waits for this coroutine and must never wait for Faust.
+        self._notify(self._faust_assigned(), "on_partitions_assigned")
+
+    async def _faust_assigned(self) -> None:
+        c = self._c
         c.app.on_rebalance_start()
         await c.on_partitions_assigned(c.assignment())
+        log.info("Faust's assignment handling done")
+
+    def _notify(self, coro: Awaitable[None], what: str) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._done(t, what))
+
+    def _done(self, task: asyncio.Future[None], what: str) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Faust's %s failed", what, exc_info=task.exception())
 
     async def revoking(self, tps: list[TPKey]) -> dict[TPKey, int]:
         c = self._c
         c._revoking.update(tps)
         keys = [TP(*tp) for tp in tps]
-        await c._wait_until(lambda: c.positions.in_flight(keys) == 0, c._app.kafka.revoke_timeout_s)
+        if not await c._wait_until(lambda: c.positions.in_flight(keys) == 0, c._app.kafka.revoke_timeout_s):
+            state = {
+                tp: (p.in_flight, p.handed, p.committable) for tp, p in c.positions.items() if tp in keys
+            }
+            log.warning("revoke: still in flight (records, handed, committable): %s", state)
         return cast(dict[TPKey, int], c.positions.to_commit(keys))
 
     async def revoked(self, tps: list[TPKey], committed: Mapping[TPKey, int]) -> None:
         c = self._c
         c.positions.committed(cast(dict[Any, int], dict(committed)))
         self._forget(tps)
-        await c.app.on_partitions_revoked.send(set(TP(*tp) for tp in tps))
+        self._notify(c.app.on_partitions_revoked.send(set(TP(*tp) for tp in tps)), "on_partitions_revoked")
 
     async def lost(self, tps: list[TPKey]) -> None:
         self._forget(tps)

@@ -116,7 +116,7 @@ class GroupConsumer:
         self._commands: deque[Callable[[Consumer], None]] = deque()
         self._closing = threading.Event()
         self._closed: asyncio.Future[None] = loop.create_future()
-        self._assignment: set[TPKey] = set()
+        self._assignment: frozenset[TPKey] = frozenset()  # replaced, never changed: read by the loop
         self._paused = False
         self._watch: dict[TPKey, _Watch] = {}
         self._high: dict[TPKey, int] = {}
@@ -130,7 +130,7 @@ class GroupConsumer:
 
     def assignment(self) -> set[TPKey]:
         """The partitions assigned now (a copy)."""
-        return set(self._assignment)
+        return set(self._assignment)  # a frozenset replaced whole by the thread: safe to copy
 
     def high_watermarks(self) -> dict[TPKey, int]:
         """The last known end offset of each assigned partition (refreshed by the watchdog)."""
@@ -140,12 +140,15 @@ class GroupConsumer:
         """Wait for fetched records and take them all (several polls' worth, in order)."""
         while True:
             with self._lock:
-                if self._buffer:
-                    batches, self._buffer = self._buffer, deque()
-                    self._buffered = 0
-                    self._arrived.clear()
-                    self._wake_pending = False
-                    break
+                batches, self._buffer = self._buffer, deque()
+                self._buffered = 0
+                # Under the lock, so the thread's next append sees it and wakes us: a wake-up
+                # scheduled for records taken already may still set the event; clearing it here,
+                # before every wait, keeps that stale wake-up from turning the wait into a spin.
+                self._wake_pending = False
+                self._arrived.clear()
+            if batches:
+                break
             await self._arrived.wait()
         if len(batches) == 1:
             return batches[0]
@@ -276,7 +279,7 @@ class GroupConsumer:
         consumer.incremental_assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
         if self._paused:
             consumer.pause([TopicPartition(t, p) for t, p in starts])
-        self._assignment |= set(starts)
+        self._assignment = self._assignment | set(starts)
         for key, offset in starts.items():
             self._watch[key] = _Watch(offset)
         log.info("assigned %s", _describe(starts))
@@ -311,7 +314,7 @@ class GroupConsumer:
             return
         self._drop_buffered(set(tps))
         try:
-            offsets = self._call(self._listener.revoking(tps), self._revoke_timeout_s)
+            offsets = self._call(self._listener.revoking(tps), self._revoke_timeout_s + 10)
         except TimeoutError:
             log.warning(
                 "records of %s still in flight after %.0fs; releasing them", tps, self._revoke_timeout_s
@@ -331,10 +334,10 @@ class GroupConsumer:
         self._call(self._listener.lost(tps))
 
     def _release(self, tps: list[TPKey]) -> None:
+        self._assignment = self._assignment - set(tps)
+        self._high = {k: v for k, v in self._high.items() if k not in tps}
         for key in tps:
-            self._assignment.discard(key)
             self._watch.pop(key, None)
-            self._high.pop(key, None)
 
     def _commit_now(self, consumer: Consumer, offsets: Mapping[TPKey, int]) -> dict[TPKey, int]:
         parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -363,8 +366,8 @@ class GroupConsumer:
             key = (tp.topic, tp.partition)
             watch = self._watch.setdefault(key, _Watch(tp.offset))
             high = consumer.get_watermark_offsets(tp, cached=True)[1]
-            if high >= 0:
-                self._high[key] = high
+            if high >= 0 and self._high.get(key) != high:
+                self._high = self._high | {key: high}  # replaced whole: the loop reads it
             if tp.offset >= 0 and tp.offset != watch.position:
                 watch.position, watch.since = tp.offset, now
             elif not self._paused and now - watch.since >= self._stall_after_s:
@@ -376,7 +379,7 @@ class GroupConsumer:
             high = consumer.get_watermark_offsets(tp, timeout=2)[1]
         except KafkaException:
             return  # the broker is away: nothing can be fetched now anyway
-        self._high[key] = high
+        self._high = self._high | {key: high}
         if high <= watch.position:
             watch.since = now  # nothing waits: an idle partition, not a stalled one
             return

@@ -178,3 +178,31 @@ def _with_error(tp: TopicPartition, error: KafkaError) -> Any:
     answer = Answer()
     answer.error = error  # type: ignore[attr-defined]
     return answer
+
+
+@pytest.mark.timeout(20)
+async def test_a_stale_wake_up_after_the_records_were_taken_does_not_spin_the_event_loop() -> None:
+    """The thread schedules a wake-up with each batch; the loop may take the batch before that
+    wake-up runs. The next wait must then suspend until new records come, not return at once
+    forever (which froze a worker's event loop in the worker-kill chaos test)."""
+    group = GroupConsumer({}, ["events"], Listener(), asyncio.get_running_loop())
+    group._assignment = frozenset({("events", 0)})
+    group._accept([FakeMessage("events", 0, 0)])  # schedules the wake-up
+    assert [m.offset() for _, ms in await group.take() for m in ms] == [0]  # taken before it ran
+    await asyncio.sleep(0)  # the stale wake-up runs now
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    other = asyncio.ensure_future(ticker())
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(group.take(), 0.3)
+    other.cancel()
+    assert ticks >= 5  # the loop kept running other tasks while take() waited
+    group._accept([FakeMessage("events", 0, 1)])
+    batch = await asyncio.wait_for(group.take(), 1)
+    assert [m.offset() for _, ms in batch for m in ms] == [1]
