@@ -256,11 +256,14 @@ def first_output_after(acc: Accounting, since: float) -> float | None:
 
 
 def write_report(name: str, figures: dict[str, Any]) -> Path:
-    """Print ``figures`` and write them to ``reports/chaos/<name>.json``."""
+    """Print ``figures``, write them to ``reports/chaos/<name>.json`` and append them to
+    ``reports/chaos/history.jsonl`` (one line per run: the spread over ``--repeat`` runs)."""
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     path = REPORT_DIR / f"{name}.json"
     figures = {"test": name, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")} | figures
     path.write_text(json.dumps(figures, indent=2, sort_keys=False) + "\n")
+    with (REPORT_DIR / "history.jsonl").open("a") as history:
+        history.write(json.dumps(figures) + "\n")
     print(f"\nchaos report {name}: {json.dumps(figures)}")
     return path
 
