@@ -32,9 +32,10 @@ class DeliveryConsumer(Protocol):
     """The consumer as batch delivery sees it: :class:`~streams.driver.EngineConsumer`, or a fake
     in unit tests."""
 
-    def hand_out(self, tp: TPKey, first: int, last: int, timestamp_ms: int | None) -> Completer | None:
-        """Records ``first``..``last`` of ``tp`` go to the pipeline now; what to call when they are
-        all answered, or None to skip them (the partition is being revoked)."""
+    def hand_out(self, tp: TPKey, messages: Sequence[Any]) -> tuple[Completer, Sequence[Any]] | None:
+        """``messages`` of ``tp`` go to the pipeline now: what to call when they are all answered
+        and the messages to submit (none handed out before), or None to skip them (the partition
+        is being revoked)."""
 
 
 def create_app(settings: Settings) -> EngineApp:
@@ -104,10 +105,10 @@ def batch_handler(
         for part in chunked(batch, chunk):
             records: list[RawRecord] = []
             for tp, msgs in part:
-                first = msgs[0]
-                done = consumer.hand_out(tp, first.offset(), msgs[-1].offset(), first.timestamp()[1])
-                if done is not None:
-                    records.extend(to_raw(msgs, Completion(len(msgs), done), now))
+                handed = consumer.hand_out(tp, msgs)
+                if handed is not None:
+                    done, fresh = handed
+                    records.extend(to_raw(fresh, Completion(len(fresh), done), now))
             if records:
                 # A stop cancels the fetch loop, often here, while the pipeline is full. A chunk
                 # handed out must then reach the pipeline whole (the stop waits for exactly

@@ -116,15 +116,23 @@ class EngineConsumer(faust_consumer.Consumer):
             log.exception("the fetch loop failed")
             raise
 
-    def hand_out(self, tp: TPKey, first: int, last: int, timestamp_ms: int | None) -> Completer | None:
-        """Records ``first``..``last`` of ``tp`` go to the pipeline now; the callback to run when all
-        are answered, or None when ``tp`` is being revoked or is no longer ours (skip them)."""
-        if tp in self._revoking or tp not in self.positions:
-            return None
+    def hand_out(self, tp: TPKey, messages: Sequence[Any]) -> tuple[Completer, Sequence[Any]] | None:
+        """``messages`` (of ``tp``, in offset order) go to the pipeline now: the callback to run when
+        all are answered and the messages to submit, or None when ``tp`` is being revoked or is no
+        longer ours (skip them). Offsets handed out before are never handed out again."""
         part = self.positions.get(tp)
-        assert part is not None
-        chunk = part.hand_out(first, last, timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else None)
-        return self.positions.finisher(tp, chunk)
+        if part is None or tp in self._revoking:
+            return None
+        if messages[0].offset() < part.handed:  # librdkafka gave records again: answer them once
+            log.warning("%s[%d]: records below %d fetched again; skipped", tp[0], tp[1], part.handed)
+            messages = [m for m in messages if m.offset() >= part.handed]
+            if not messages:
+                return None
+        stamp = messages[0].timestamp()[1]
+        chunk = part.hand_out(
+            messages[0].offset(), messages[-1].offset(), stamp / 1000 if stamp > 0 else None
+        )
+        return self.positions.finisher(tp, chunk), messages
 
     # -- commits -------------------------------------------------------------------------
 

@@ -56,11 +56,12 @@ class FakeConsumer:
     positions: Positions = field(default_factory=Positions)
     revoking: set[tuple[str, int]] = field(default_factory=set)
 
-    def hand_out(self, tp: tuple[str, int], first: int, last: int, timestamp_ms: int | None) -> Any:
+    def hand_out(self, tp: tuple[str, int], messages: Sequence[Msg]) -> Any:
         part = self.positions.get(tp)
         if part is None or tp in self.revoking:
             return None
-        return self.positions.finisher(tp, part.hand_out(first, last, timestamp_ms))
+        chunk = part.hand_out(messages[0].offset(), messages[-1].offset())
+        return self.positions.finisher(tp, chunk), messages
 
 
 def msgs(tp: tuple[str, int], start: int, n: int) -> list[Msg]:
