@@ -120,7 +120,8 @@ def _follow(proc: subprocess.Popen[str], say: Callable[[str], None]) -> list[str
             packages += 1
         now = time.monotonic()
         if now >= next_report + _PROGRESS_EVERY_S:
-            say(f"{now - started:.0f}s: {modules} modules downloaded, {packages} packages compiled")
+            fetched = f", {modules} modules downloaded" if modules else ""
+            say(f"{now - started:.0f}s: {packages} of ~950 packages compiled{fetched}")
             next_report = now
         if now - started > _BUILD_TIMEOUT_S:
             proc.kill()

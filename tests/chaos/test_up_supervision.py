@@ -153,6 +153,8 @@ def test_sie_up_restarts_a_killed_worker_and_tritonserver_and_loses_nothing(tmp_
         "--triton-grpc-port", str(free_port()),
         "--triton-metrics-port", str(free_port()),
         "--metrics-port", str(_first_metrics_port()),
+        "--otlp-http-port", str(free_port()),  # the Collector, where built
+        "--otlp-grpc-port", str(free_port()),
     ]  # fmt: skip
     env = child_env(
         {

@@ -150,8 +150,8 @@ def test_every_sampled_event_is_one_trace_from_producer_through_worker_and_trito
             "otlp_endpoint": collector.traces_url,
         }
     )
-    records, producer_span = _records(producer)
     workers(settings)
+    records, producer_span = _records(producer)
     t = settings.topics
     produce(settings.kafka.bootstrap_servers, t.events, records)
     out = collect(
@@ -291,9 +291,9 @@ def test_unsampled_events_export_nothing_and_keep_the_producers_traceparent(
         (ev.key, ev.value, [("traceparent", f"00-{trace_id}-{random.getrandbits(64):016x}-00".encode())])
         for ev, trace_id in zip(events[:UNSAMPLED], sorted(unsampled), strict=True)
     ]
+    workers(settings)
     headers, sentinel = _published(producer)
     records.append((events[-1].key, events[-1].value, headers))
-    workers(settings)
     t = settings.topics
     produce(settings.kafka.bootstrap_servers, t.events, records)
     out = collect(

@@ -62,7 +62,8 @@ def test_the_forward_overlay_passes_otelcol_validate_for_a_base_url_and_a_traces
 def test_an_invalid_overlay_fails_otelcol_validate(otelcol: Path, tmp_path: Path) -> None:
     """The check above can fail: an exporter the pipeline names but nothing defines."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"service": {"pipelines": {"traces": {"exporters": ["otlp/nowhere"]}}}}))
+    pipelines = {"traces": {"exporters": ["debug", "otlp/nowhere"]}}
+    bad.write_text(yaml.safe_dump({"exporters": {"debug": {}}, "service": {"pipelines": pipelines}}))
     done = validate(otelcol, [PIPELINE, bad], tmp_path)
     assert done.returncode != 0 and "nowhere" in done.stdout + done.stderr
 
