@@ -3,13 +3,14 @@
 One Apache Kafka broker, one tritonserver and the project's OpenTelemetry
 Collector (ops/embedded/otelcol.py, spans written to a file) start once; then
 ``--rounds`` rounds each drain the same preloaded backlog twice on fresh
-topics (benchmarks/drain.py): once with tracing off, once with the worker's
-``SIE_OTLP_ENDPOINT`` at the Collector and the default sampling
-(``SIE_TRACE_SAMPLE_RATIO`` 1.0, bench events carry no ``traceparent``: every
-event gets a span). The order alternates between rounds so that a neighbour's
-load or the broker warming up falls on both sides::
+topics (benchmarks/drain.py): once with tracing off, and once for each ``--ratio`` with the worker's
+``SIE_OTLP_ENDPOINT`` at the Collector and ``SIE_TRACE_SAMPLE_RATIO`` at that
+ratio (default: the settings' default, 1.0; the bench events carry no
+``traceparent``, so the ratio alone decides). The order rotates between
+rounds so that a neighbour's load or the broker warming up falls on every
+variant::
 
-    .venv/bin/python -m benchmarks.trace_cost --rounds 3 --events 60000
+    .venv/bin/python -m benchmarks.trace_cost --rounds 3 --events 60000 --ratio 1 --ratio 0.01
 
 Writes ``reports/bench/trace_cost.json`` and prints the lines for
 docs/benchmarks.md. Not part of ``make bench``.
@@ -36,40 +37,56 @@ from ops.embedded.otelcol import start_collector
 from ops.trace_file import trace_files
 
 SPEC = next(s for s in SYSTEMS if s.name == "engine, 1 worker")
+OFF = "off"
 
 
-def _round(
-    base: Settings, traced: Settings, work: Path, n: int, tracing_first: bool, say: Any
-) -> dict[str, Drain]:
-    """One drain each way, in the given order."""
+def variant(ratio: float) -> str:
+    """The report's name of a drain with export on at ``ratio``."""
+    return f"on, ratio {ratio:g}"
+
+
+def _round(variants: dict[str, Settings], work: Path, n: int, shift: int, say: Any) -> dict[str, Drain]:
+    """One drain per variant, the order rotated by ``shift``."""
+    names = list(variants)
     out: dict[str, Drain] = {}
-    for name in ("on", "off") if tracing_first else ("off", "on"):
-        settings = traced if name == "on" else base
+    for name in names[shift % len(names) :] + names[: shift % len(names)]:
         say(f"tracing {name}:")
-        out[name] = measure_drain(SPEC, settings, work, bench_events(seed=2), n, lambda m: say(f"  {m}"))
+        out[name] = measure_drain(
+            SPEC, variants[name], work, bench_events(seed=2), n, lambda m: say(f"  {m}")
+        )
     return out
 
 
-def _summary(rounds: list[dict[str, Drain]]) -> dict[str, Any]:
-    def median(name: str, field: str) -> float:
-        values = [getattr(r[name], field) for r in rounds if getattr(r[name], field) is not None]
-        return round(statistics.median(values), 2) if values else float("nan")
+def _median(rounds: list[dict[str, Drain]], name: str, field: str) -> float | None:
+    values = [getattr(r[name], field) for r in rounds if getattr(r[name], field) is not None]
+    return round(statistics.median(values), 2) if values else None
 
-    off, on = median("off", "rate"), median("on", "rate")
-    return {
-        "rate_off": off,
-        "rate_on": on,
-        "cost_pct": round((1 - on / off) * 100, 1) if off else None,
-        "cpu_us_off": median("off", "cpu_us_per_event"),
-        "cpu_us_on": median("on", "cpu_us_per_event"),
-        "rounds": [{k: d.as_dict() for k, d in r.items()} for r in rounds],
-    }
+
+def summary(rounds: list[dict[str, Drain]]) -> dict[str, Any]:
+    """Median rate and CPU per variant, and each traced variant's cost against off."""
+    off = _median(rounds, OFF, "rate")
+    out: dict[str, Any] = {}
+    for name in rounds[0]:
+        rate = _median(rounds, name, "rate")
+        cost = round((1 - rate / off) * 100, 1) if off and rate is not None else None
+        out[name] = {
+            "rate": rate,
+            "cpu_us_per_event": _median(rounds, name, "cpu_us_per_event"),
+            "cost_pct": cost,
+        }
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=60_000, help="backlog per drain")
+    parser.add_argument(
+        "--ratio",
+        type=float,
+        action="append",
+        help="SIE_TRACE_SAMPLE_RATIO to measure (repeatable; default: the default)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench" / "trace_cost.json")
     args = parser.parse_args()
     console = Console()
@@ -79,31 +96,39 @@ def main() -> int:
         console.print("[cyan]>[/] starting Apache Kafka, tritonserver and the OpenTelemetry Collector")
         broker, triton, base = start_servers(work, PARTITIONS)
         collector = start_collector(work / "otelcol", grpc_port=free_port(), http_port=free_port())
-        traced = base.model_copy(update={"otlp_endpoint": collector.traces_url})
+        variants = {OFF: base} | {
+            variant(r): base.model_copy(
+                update={"otlp_endpoint": collector.traces_url, "trace_sample_ratio": r}
+            )
+            for r in args.ratio or [base.trace_sample_ratio]
+        }
         rounds = []
         try:
             for i in range(args.rounds):
                 console.rule(f"round {i + 1}/{args.rounds}")
-                rounds.append(_round(base, traced, work, args.events, i % 2 == 1, console.print))
+                rounds.append(_round(variants, work, args.events, i, console.print))
         finally:
             collector.stop()
             triton.stop()
             broker.stop()
         written = sum(p.stat().st_size for p in trace_files(collector.traces_file))
-    report = _summary(rounds) | {
+    report = {
         "events": args.events,
-        "sample_ratio": base.trace_sample_ratio,
+        "default_ratio": base.trace_sample_ratio,
+        "median": summary(rounds),
+        "rounds": [{k: d.as_dict() for k, d in r.items()} for r in rounds],
         "collector_file_mb": round(written / 1e6, 1),
         "seconds": round(time.monotonic() - started),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(
-        f"drain, 1 worker, {args.events:,} events, median of {args.rounds} alternating rounds: "
-        f"off {report['rate_off']:,.0f}/s ({report['cpu_us_off']} µs CPU/event), "
-        f"on {report['rate_on']:,.0f}/s ({report['cpu_us_on']} µs CPU/event): "
-        f"{report['cost_pct']}% fewer events/s; wrote {args.out}"
-    )
+    console.print(f"drain, 1 worker, {args.events:,} events, median of {args.rounds} rounds (order rotated):")
+    for name, m in report["median"].items():
+        cost = f", {m['cost_pct']}% fewer events/s than off" if name != OFF else ""
+        console.print(
+            f"  {name}: {m['rate']:,.0f} events/s, {m['cpu_us_per_event']} µs worker CPU/event{cost}"
+        )
+    console.print(f"wrote {args.out}")
     return 0
 
 

@@ -50,8 +50,8 @@ def bar(span: Span, start_ns: int, total_ns: int, width: int = BAR_WIDTH) -> str
     """The span's bar: spaces up to its start, then at least one block for its length."""
     total = max(total_ns, 1)
     left = min(width - 1, int((span.start_ns - start_ns) * width / total))
-    length = max(1, round((span.end_ns - span.start_ns) * width / total))
-    return " " * left + "█" * min(length, width - left)
+    right = min(width, round((span.end_ns - start_ns) * width / total))
+    return " " * left + "█" * max(1, right - left)
 
 
 def label(span: Span) -> str:
