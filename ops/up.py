@@ -74,7 +74,7 @@ def run_up(settings: Settings, opts: UpOptions, console: Console) -> int:
         workers=opts.workers,
         ports=opts.ports,
         on_step=lambda msg: console.print(f"[cyan]>[/] {msg}"),
-        otelcol=_collector_binary(settings, opts, console),
+        otelcol=_collector_binary(settings, opts),
         otlp_forward=opts.otlp_forward,
     )
     code = 0
@@ -84,6 +84,11 @@ def run_up(settings: Settings, opts: UpOptions, console: Console) -> int:
         console.print(f"logs: {work_dir / 'logs'} and {work_dir}/<worker>.log; Ctrl-C stops everything")
         if stack.collector is not None:
             console.print("where an event's time went: `sie traces`, or `sie traces <event id>`")
+        elif opts.traces and not settings.otlp_endpoint:
+            console.print(
+                "[yellow]![/] traces off: the OpenTelemetry Collector is not built yet "
+                "(`sie fetch-otelcol` or `make otelcol` builds it once, with Go)"
+            )
         processes = _processes(stack)
         supervisor = supervise(stack, lambda n: _print_notice(console, n, processes), opts.restart_policy)
         if opts.demo_rate > 0:
@@ -106,17 +111,11 @@ def run_up(settings: Settings, opts: UpOptions, console: Console) -> int:
     return code
 
 
-def _collector_binary(settings: Settings, opts: UpOptions, console: Console) -> Path | None:
+def _collector_binary(settings: Settings, opts: UpOptions) -> Path | None:
     """The Collector to run: None with --no-traces, with an --otlp-endpoint of the user's, or unbuilt."""
     if not opts.traces or settings.otlp_endpoint:
         return None  # spans go straight to the user's endpoint, or nowhere
-    binary = cached_binary()
-    if binary is None:
-        console.print(
-            "[yellow]![/] traces off: the OpenTelemetry Collector is not built yet "
-            "(`sie fetch-otelcol` or `make otelcol` builds it once, with Go)"
-        )
-    return binary
+    return cached_binary()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -28,6 +29,7 @@ OTEL_DIR = Path(__file__).resolve().parents[2] / "observability" / "otel"
 MANIFEST = OTEL_DIR / "builder.yaml"
 SOURCES = OTEL_DIR / "otelcol-sie"
 BINARY_NAME = "otelcol-sie"
+MIN_GO = (1, 26)  # go.mod of the generated sources: `go 1.26.0`
 GO_FALLBACK = Path("/usr/local/go/bin/go")  # where the official tarball installs it, often not on PATH
 _COMPLETE = ".complete"
 _BUILD_TIMEOUT_S = 1200
@@ -43,14 +45,30 @@ def source_hash(manifest: Path = MANIFEST, sources: Path = SOURCES) -> str:
 
 
 def find_go() -> str:
-    """The ``go`` command: on PATH, else ``/usr/local/go/bin/go``."""
+    """The ``go`` command (on PATH, else ``/usr/local/go/bin/go``), checked to be new enough."""
     go = shutil.which("go") or (str(GO_FALLBACK) if GO_FALLBACK.is_file() else None)
     if go is None:
         raise EmbeddedServerError(
-            "building the OpenTelemetry Collector needs Go 1.26+ and no `go` is on PATH or in "
-            "/usr/local/go/bin (install it from https://go.dev/dl/)"
+            f"building the OpenTelemetry Collector needs Go {MIN_GO[0]}.{MIN_GO[1]}+ and no `go` is on "
+            "PATH or in /usr/local/go/bin (install it from https://go.dev/dl/)"
+        )
+    version = go_version(go)
+    if version is not None and version < MIN_GO:
+        raise EmbeddedServerError(
+            f"building the OpenTelemetry Collector needs Go {MIN_GO[0]}.{MIN_GO[1]}+; {go} is "
+            f"{version[0]}.{version[1]} (install a newer one from https://go.dev/dl/)"
         )
     return go
+
+
+def go_version(go: str) -> tuple[int, int] | None:
+    """(major, minor) of ``go env GOVERSION`` (``go1.26.8`` -> (1, 26)); None if unreadable."""
+    try:
+        out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.match(r"go(\d+)\.(\d+)", out.strip())
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def cached_binary(cache_dir: Path | None = None) -> Path | None:

@@ -40,7 +40,7 @@ from ops.embedded import TritonProcess, free_port, start_triton
 from ops.embedded.otelcol import CollectorProcess, start_collector
 from ops.eventgen import generate, load_profiles
 from ops.stack import copy_model_repository
-from ops.trace_file import Span, find_trace, read_spans
+from ops.trace_file import Span, find_trace, read_spans, trace_of
 from ops.traces_cli import show_traces
 from tests.integration.conftest import MODEL_REPOSITORY, StartWorker
 from tests.integration.kafka import Msg, collect, produce
@@ -174,6 +174,7 @@ def test_every_sampled_event_is_one_trace_from_producer_through_worker_and_trito
     _check_triton_spans_join_the_batch_traces(
         [s for s in spans if s.service not in (WORKER, PRODUCER)], batch_spans
     )
+    _check_every_events_trace_is_complete(spans, event_spans, batch_spans)
     _check_sie_traces_draws_them(collector.traces_file, spans, producer_span)
 
 
@@ -248,6 +249,30 @@ def _check_triton_spans_join_the_batch_traces(triton_spans: list[Span], batch_sp
     assert len(requests) == len(batch_spans), "every batch made exactly one Triton request"
     assert len(joined) >= 1, f"no Triton request joined its batch trace ({len(lost)} lost their parent)"
     assert {s.name for s in triton_spans} >= {"InferRequest", "compute"}
+
+
+def _check_every_events_trace_is_complete(
+    spans: list[Span], event_spans: dict[str, Span], batch_spans: dict[str, Span]
+) -> None:
+    """Each traced event's trace as ``sie traces`` gathers it: producer, event, its batch, Triton's spans.
+
+    Except the events of a batch whose Triton request lost its parent (Triton 2.51): counted exactly,
+    one such batch for every Triton request that started a trace of its own.
+    """
+    joined = {s.parent_span_id for s in spans if s.name == "InferRequest" and s.parent_span_id}
+    lost_roots = [s for s in spans if s.name == "InferRequest" and not s.parent_span_id]
+    lost_batches = set(batch_spans) - joined
+    assert len(lost_batches) == len(lost_roots)
+    carried_by = {sid: b for b in batch_spans.values() for _, sid in b.links}
+    traced = [s for s in event_spans.values() if s.parent_span_id and not s.error]
+    assert len(traced) == TRACED
+    for event in traced:
+        trace = trace_of(event.trace_id, spans)
+        assert trace is not None
+        names = {s.name for s in trace.spans}
+        assert {"events publish", event.name, carried_by[event.span_id].name} <= names
+        if carried_by[event.span_id].span_id not in lost_batches:
+            assert {"InferRequest", "compute"} <= names, f"trace {event.trace_id} has no Triton spans"
 
 
 def _check_sie_traces_draws_them(path: Path, spans: list[Span], producer_span: dict[str, str]) -> None:
