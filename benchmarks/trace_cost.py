@@ -12,14 +12,16 @@ variant::
 
     .venv/bin/python -m benchmarks.trace_cost --rounds 3 --events 60000 --ratio 1 --ratio 0.01
 
-Writes ``reports/bench/trace_cost.json`` and prints the lines for
-docs/benchmarks.md. Not part of ``make bench``.
+Writes ``reports/bench/trace_cost.json`` and the section "Trace export cost"
+of docs/benchmarks.md (a kept section: ``make bench`` leaves it in place).
+Not part of ``make bench``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -29,6 +31,7 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks.drain import Drain, measure_drain
+from benchmarks.report import machine, put_section
 from benchmarks.run import PARTITIONS, REPO, bench_events, start_servers
 from benchmarks.systems import SYSTEMS
 from engine.settings import Settings
@@ -88,8 +91,13 @@ def main() -> int:
         help="SIE_TRACE_SAMPLE_RATIO to measure (repeatable; default: the default)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench" / "trace_cost.json")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--docs-only", action="store_true", help="only write the docs from --out's JSON")
     args = parser.parse_args()
     console = Console()
+    if args.docs_only:
+        write_docs(json.loads(args.out.read_text()), args.docs, console)
+        return 0
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sie-trace-cost-") as tmp:
         work = Path(tmp)
@@ -113,6 +121,8 @@ def main() -> int:
             broker.stop()
         written = sum(p.stat().st_size for p in trace_files(collector.traces_file))
     report = {
+        "machine": machine(),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
         "events": args.events,
         "default_ratio": base.trace_sample_ratio,
         "median": summary(rounds),
@@ -122,14 +132,53 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"drain, 1 worker, {args.events:,} events, median of {args.rounds} rounds (order rotated):")
-    for name, m in report["median"].items():
-        cost = f", {m['cost_pct']}% fewer events/s than off" if name != OFF else ""
-        console.print(
-            f"  {name}: {m['rate']:,.0f} events/s, {m['cpu_us_per_event']} µs worker CPU/event{cost}"
-        )
+    write_docs(report, args.docs, console)
     console.print(f"wrote {args.out}")
     return 0
+
+
+def write_docs(report: dict[str, Any], docs: Path, console: Console) -> None:
+    """Print the "Trace export cost" section and put it into ``docs`` (replacing an earlier one)."""
+    text = markdown(report)
+    put_section(docs, "trace-cost", text)
+    console.print(text, markup=False, highlight=False)
+    console.print(f"wrote the trace export section of {docs}")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The "Trace export cost" section of docs/benchmarks.md."""
+    m, rounds = report["machine"], len(report["rounds"])
+    ratios = " ".join(f"--ratio {name.rsplit(' ', 1)[1]}" for name in report["median"] if name != OFF)
+    lines = [
+        "## Trace export cost",
+        "",
+        f"`python -m benchmarks.trace_cost --rounds {rounds} --events {report['events']} {ratios}` "
+        f"(commit `{m['commit']}`, {m['cores']} cores, {m['cpu']}; {report['seconds']} s). One worker "
+        f"drains a preloaded backlog of {report['events']:,} JSON events (benchmarks/drain.py) with "
+        "tracing off, and with its spans exported over OTLP/HTTP to the project's OpenTelemetry "
+        "Collector (batched, written to a file) at each sampling ratio; one broker, Triton and "
+        f"Collector for all; {rounds} rounds, the order of the variants rotated each round; medians. "
+        f"The default `SIE_TRACE_SAMPLE_RATIO` is {report['default_ratio']:g} (the bench events carry "
+        "no `traceparent`, so the ratio decides).",
+        "",
+        "| tracing | events/s | worker CPU µs/event | fewer events/s than off |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, s in report["median"].items():
+        cost = "-" if name == OFF else f"{s['cost_pct']}%"
+        cpu = "-" if s["cpu_us_per_event"] is None else f"{s['cpu_us_per_event']:.1f}"
+        lines.append(f"| {name} | {s['rate']:,.0f} | {cpu} | {cost} |")
+    per_round = "; ".join(
+        ", ".join(f"{name} {d['rate']:,.0f}" for name, d in r.items()) for r in report["rounds"]
+    )
+    lines += [
+        "",
+        f"Each round, events/s: {per_round}. A busy machine: other engineers ran their tests on the "
+        f"same cores (load average {report['load_average'][0]} at the end), so single drains vary by "
+        "tens of percent; compare the variants of one round. The Collector wrote "
+        f"{report['collector_file_mb']} MB of OTLP JSON.",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

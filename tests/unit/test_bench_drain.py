@@ -183,3 +183,27 @@ def test_a_section_another_benchmark_wrote_survives_make_bench_and_is_replaced_b
     put_section(path, "trace-cost", "## Trace export cost\n\nsecond run")
     text = path.read_text()
     assert "second run" in text and "first run" not in text and text.count("<!-- kept:trace-cost -->") == 1
+
+
+def test_the_trace_cost_section_shows_each_variant_against_off_and_how_to_rerun_it() -> None:
+    from benchmarks.drain import Drain
+    from benchmarks.trace_cost import markdown, summary
+
+    rounds = [
+        {"off": Drain(100, 100, 1.0, rate), "on, ratio 1": Drain(100, 100, 1.0, rate / 4)}
+        for rate in (10_000.0, 20_000.0, 16_000.0)
+    ]
+    report = {
+        "machine": {"commit": "abc1234", "cores": 2, "cpu": "some CPU"},
+        "load_average": [6.5, 5.0, 4.0],
+        "events": 100,
+        "default_ratio": 1.0,
+        "median": summary(rounds),
+        "rounds": [{k: d.as_dict() for k, d in r.items()} for r in rounds],
+        "collector_file_mb": 12.5,
+        "seconds": 90,
+    }
+    text = markdown(report)
+    assert "--rounds 3 --events 100 --ratio 1`" in text
+    assert "| off | 16,000 |" in text and "| on, ratio 1 | 4,000 | - | 75.0% |" in text
+    assert "load average 6.5" in text
