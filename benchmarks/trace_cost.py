@@ -161,22 +161,21 @@ def markdown(report: dict[str, Any]) -> str:
         f"The default `SIE_TRACE_SAMPLE_RATIO` is {report['default_ratio']:g} (the bench events carry "
         "no `traceparent`, so the ratio decides).",
         "",
-        "| tracing | events/s | worker CPU µs/event | fewer events/s than off |",
-        "|---|---:|---:|---:|",
+        "| tracing | "
+        + " | ".join(f"round {i + 1} events/s" for i in range(rounds))
+        + " | median events/s | median worker CPU µs/event | fewer events/s than off (median) |",
+        "|---|" + "---:|" * (rounds + 3),
     ]
     for name, s in report["median"].items():
+        each = " | ".join(f"{r[name]['rate']:,.0f}" for r in report["rounds"])
         cost = "-" if name == OFF else f"{s['cost_pct']}%"
         cpu = "-" if s["cpu_us_per_event"] is None else f"{s['cpu_us_per_event']:.1f}"
-        lines.append(f"| {name} | {s['rate']:,.0f} | {cpu} | {cost} |")
-    per_round = "; ".join(
-        ", ".join(f"{name} {d['rate']:,.0f}" for name, d in r.items()) for r in report["rounds"]
-    )
+        lines.append(f"| {name} | {each} | {s['rate']:,.0f} | {cpu} | {cost} |")
     lines += [
         "",
-        f"Each round, events/s: {per_round}. A busy machine: other engineers ran their tests on the "
-        f"same cores (load average {report['load_average'][0]} at the end), so single drains vary by "
-        "tens of percent; compare the variants of one round. The Collector wrote "
-        f"{report['collector_file_mb']} MB of OTLP JSON.",
+        f"A busy machine: other engineers ran their tests on the same cores (load average "
+        f"{report['load_average'][0]} at the end), so single drains vary by tens of percent; compare "
+        f"the variants within a round. The Collector wrote {report['collector_file_mb']} MB of OTLP JSON.",
     ]
     return "\n".join(lines)
 

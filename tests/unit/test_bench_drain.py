@@ -205,5 +205,6 @@ def test_the_trace_cost_section_shows_each_variant_against_off_and_how_to_rerun_
     }
     text = markdown(report)
     assert "--rounds 3 --events 100 --ratio 1`" in text
-    assert "| off | 16,000 |" in text and "| on, ratio 1 | 4,000 | - | 75.0% |" in text
+    assert "| off | 10,000 | 20,000 | 16,000 | 16,000 | - | - |" in text
+    assert "| on, ratio 1 | 2,500 | 5,000 | 4,000 | 4,000 | - | 75.0% |" in text
     assert "load average 6.5" in text
