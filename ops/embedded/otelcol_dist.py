@@ -109,8 +109,9 @@ def _build(go: str, binary: Path, say: Callable[[str], None]) -> None:
     """``go build`` of the pinned sources into ``binary``, reporting progress every few seconds."""
     partial = binary.with_name(binary.name + ".partial")
     argv = [go, "build", "-v", "-trimpath", "-ldflags=-s -w", "-o", str(partial), "."]
-    # GOTOOLCHAIN=local: never download another Go; -mod=readonly: go.sum as pinned, never rewritten.
-    env = child_env({"GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0"})
+    # GOTOOLCHAIN=local: never download another Go; -mod=readonly: go.sum as pinned, never rewritten;
+    # -buildvcs=false: no git stamp (the sources may sit in a checkout git cannot read).
+    env = child_env({"GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly -buildvcs=false", "CGO_ENABLED": "0"})
     env["PATH"] = os.pathsep.join([str(Path(go).parent), env.get("PATH", "")])
     with subprocess.Popen(
         argv, cwd=SOURCES, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -57,8 +57,9 @@ WORKER, PRODUCER = "sie-worker", "test-producer"
 Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
+    """A Collector of the test's own: its file holds this test's spans only (0.2 s to start)."""
     process = start_collector(
         tmp_path_factory.mktemp("otelcol"), grpc_port=free_port(), http_port=free_port()
     )
@@ -66,7 +67,7 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorPro
     process.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def traced_triton(
     collector: CollectorProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TritonProcess]:
