@@ -53,15 +53,17 @@ def stack(tmp_path: Path, downstream: CollectorProcess) -> Iterator[Stack]:
     running.stop()
 
 
-def _services(path: Path) -> set[str]:
-    return {s.service for s in read_spans(path)}
-
-
-def _wait_for(path: Path, services: set[str], timeout: float = 60) -> list[Span]:
+def _wait_for(path: Path, event_spans: int, timeout: float = 60) -> list[Span]:
+    """The spans in ``path`` once it holds ``event_spans`` worker event spans and Triton's (or on timeout)."""
     deadline = time.monotonic() + timeout
-    while not services <= _services(path) and time.monotonic() < deadline:
+    while True:
+        spans = read_spans(path)
+        events = [s for s in spans if s.service == "sie-worker" and s.name.endswith(" process")]
+        if len(events) >= event_spans and any(s.service == "triton" for s in spans):
+            return spans
+        if time.monotonic() > deadline:
+            return spans
         time.sleep(0.5)
-    return read_spans(path)
 
 
 def test_sie_ups_collector_writes_worker_and_triton_spans_under_the_stack_and_forwards_them(
@@ -79,11 +81,12 @@ def test_sie_ups_collector_writes_worker_and_triton_spans_under_the_stack_and_fo
     out = collect(bootstrap, [t.predictions], lambda got: len(got[t.predictions]) >= EVENTS, timeout=120)
     assert len(out[t.predictions]) == EVENTS
 
-    local = _wait_for(collector.traces_file, {"sie-worker", "triton"})
-    forwarded = _wait_for(downstream.traces_file, {"sie-worker", "triton"})
+    local = _wait_for(collector.traces_file, EVENTS)
+    forwarded = _wait_for(downstream.traces_file, EVENTS)
     events_traced = {s.trace_id for s in local if s.name == f"{t.events} process"}
     assert len(events_traced) == EVENTS, "every event traced at the default sampling"
     assert events_traced <= {s.trace_id for s in forwarded}, "the same spans reached the user's endpoint"
+    assert {"sie-worker", "triton"} <= {s.service for s in forwarded}
 
     console = Console(record=True, width=200)
     assert show_traces(console, collector.traces_file, top=1) == 0
