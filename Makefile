@@ -12,7 +12,7 @@ WORKERS ?= 1
 PYTEST_ARGS ?=
 REPEAT ?= 1
 
-.PHONY: demo test lint unit integration chaos bench bench-quick models clean kafka
+.PHONY: demo test lint unit integration chaos bench bench-quick models clean kafka otelcol otelcol-sources
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
@@ -27,7 +27,21 @@ $(STAMP): pyproject.toml
 kafka: $(STAMP)
 	$(BIN)/sie fetch-kafka
 
+# The OpenTelemetry Collector built by Go from the sources pinned in observability/otel/otelcol-sie
+# once (~/.cache/sie/otelcol-<version>-<hash>; minutes the first time); one clear line without Go.
+otelcol: $(STAMP)
+	$(BIN)/sie fetch-otelcol
+
+# Regenerate observability/otel/otelcol-sie from the builder manifest after editing it (then commit both).
+OCB_VERSION := v0.165.0
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+otelcol-sources:
+	cd observability/otel && PATH="$(dir $(GO)):$$PATH" $(GO) run go.opentelemetry.io/collector/cmd/builder@$(OCB_VERSION) \
+		--config builder.yaml --skip-compilation
+
+# The Collector is optional for the demo: without Go, one line says so and sie up runs untraced.
 demo: kafka
+	-$(BIN)/sie fetch-otelcol
 	$(BIN)/sie up --workers $(WORKERS) --demo-rate $(DEMO_RATE)
 
 lint: $(STAMP)
@@ -37,7 +51,7 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
 
-integration: kafka
+integration: kafka otelcol
 	$(BIN)/python -m pytest tests/integration -q $(PYTEST_ARGS)
 
 # Each chaos test REPEAT times in a row (make chaos REPEAT=5): a fault test that fails once in N runs
@@ -45,7 +59,7 @@ integration: kafka
 chaos: kafka
 	$(BIN)/python -m pytest tests/chaos -q -rs --repeat $(REPEAT) $(PYTEST_ARGS)
 
-test: lint kafka
+test: lint kafka otelcol
 	$(BIN)/python -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)
 
 $(BENCH_STAMP): $(STAMP)

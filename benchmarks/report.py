@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -193,5 +194,25 @@ def write_markdown(report: dict[str, Any], path: Path, plot: Path, json_path: Pa
     lines += [f"Raw figures: `{json_path}`.", ""]
     if report.get("notes"):
         lines += ["## Notes", "", *report["notes"], ""]
+    kept = kept_sections(path.read_text()) if path.is_file() else []  # written by other benchmarks
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines + kept))
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- kept:{name} -->", f"<!-- /kept:{name} -->"
+
+
+def kept_sections(text: str) -> list[str]:
+    """The ``<!-- kept:NAME -->`` ... ``<!-- /kept:NAME -->`` blocks of ``text``, markers included."""
+    return [m.group(0) + "\n" for m in re.finditer(r"<!-- kept:([\w-]+) -->.*?<!-- /kept:\1 -->", text, re.S)]
+
+
+def put_section(path: Path, name: str, body: str) -> None:
+    """Write ``body`` into ``path`` as kept section ``name`` (replaced or appended; make bench keeps it)."""
+    start, end = _markers(name)
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.is_file() else ""
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
+    path.write_text(text.rstrip("\n") + "\n")

@@ -1,6 +1,7 @@
 """How often Triton continues the W3C ``traceparent`` of a gRPC request: no engine involved.
 
-Starts a traced tritonserver exporting to an in-process OTLP receiver, sends
+Starts the project's OpenTelemetry Collector (ops/embedded/otelcol.py) and a
+traced tritonserver exporting to it, sends
 ``--requests`` inferences with a fresh ``traceparent`` each through a bare
 tritonclient gRPC aio loop, and counts Triton's ``InferRequest`` spans that
 continue the sent context versus those that start a new trace::
@@ -26,8 +27,9 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
 from ops.embedded import free_port, start_triton
+from ops.embedded.otelcol import start_collector
 from ops.stack import copy_model_repository
-from tests.integration.otlp_receiver import OtlpReceiver
+from ops.trace_file import read_spans
 
 MODEL = "breast_cancer"
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
@@ -60,8 +62,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
-    with OtlpReceiver() as receiver, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        collector = start_collector(work, grpc_port=free_port(), http_port=free_port())
         triton = start_triton(
             copy_model_repository(REPOSITORY, work),
             work,
@@ -69,18 +72,19 @@ def main() -> None:
             grpc_port=free_port(),
             metrics_port=free_port(),
             models=[MODEL],
-            otlp_endpoint=receiver.url,
+            otlp_endpoint=collector.traces_url,
         )
         try:
             sent = asyncio.run(_send(triton.grpc_url, args.requests, args.concurrency))
             deadline = time.monotonic() + 30
             while True:
-                roots = [s for s in receiver.snapshot() if s.name == "InferRequest"]
+                roots = [s for s in read_spans(collector.traces_file) if s.name == "InferRequest"]
                 if len(roots) >= args.requests or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
         finally:
             triton.stop()
+            collector.stop()
     joined = sum(1 for s in roots if sent.get(s.parent_span_id) == s.trace_id)
     lost = sum(1 for s in roots if not s.parent_span_id)
     print(

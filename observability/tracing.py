@@ -8,7 +8,8 @@ the entry point (:mod:`observability.otel_setup`). The pipeline calls a
   record's W3C ``traceparent`` header (no header: a new trace) - if the event
   is sampled (:class:`HeadSampler`: the ``traceparent``'s sampled flag, else
   ``SIE_TRACE_SAMPLE_RATIO``); an unsampled event gets no span at all;
-* ``batch_headers(batch)`` / ``batch_done(...)``: a *batch span* covers one
+* ``batch_headers(batch)`` / ``batch_done(...)``: each sampled event span
+  gets its event's id (``sie.event.id``), and a *batch span* covers one
   Triton request. Its parent is the first event's span (so Triton's own spans,
   which continue the context injected into the request headers, join that
   event's trace) and it links to the span of every event it carries;
@@ -51,6 +52,9 @@ from engine.safe_text import shown
 log = logging.getLogger(__name__)
 
 INSTRUMENTATION = "sie.engine"
+EVENT_ID = "sie.event.id"  # on an event span once its event is decoded and batched
+MODEL = "sie.model"  # on a batch span
+BATCH_SIZE = "sie.batch.size"  # on a batch span: events in the Triton request
 _PROPAGATOR = TraceContextTextMapPropagator()
 MAX_TRACEPARENT_CHARS = 512  # version 00 is 55; later versions may append fields
 MAX_TRACESTATE_CHARS = 1024  # W3C: propagate at least 512, may drop beyond
@@ -205,7 +209,12 @@ class OtelTracing:
 
     def batch_headers(self, batch: Batch) -> dict[str, str] | None:
         """Start the batch span (child of the first event's span, linked to all of them)."""
-        spans = [s for s in (self._events.get(id(e.record)) for e in batch.events) if s is not None]
+        spans = []
+        for event in batch.events:
+            span = self._events.get(id(event.record))
+            if span is not None:
+                span.set_attribute(EVENT_ID, event.id)  # `sie traces <event id>` finds the trace by it
+                spans.append(span)
         if not spans:  # no sampled event in the batch: no span, and Triton is not asked to trace
             return None
         parent = trace.set_span_in_context(spans[0])
@@ -218,8 +227,8 @@ class OtelTracing:
                 "rpc.system": "grpc",
                 "rpc.service": "inference.GRPCInferenceService",
                 "rpc.method": "ModelInfer",
-                "sie.model": batch.model,
-                "sie.batch.size": len(batch),
+                MODEL: batch.model,
+                BATCH_SIZE: len(batch),
             },
         )
         self._batches[id(batch)] = span

@@ -241,8 +241,18 @@ def up(
     triton_metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
     metrics_port: Annotated[int, typer.Option(help="First worker's /metrics port (+1 per worker).")] = 9300,
     otlp_endpoint: Annotated[
-        Optional[str], typer.Option(help="OTLP/HTTP traces URL for workers and Triton.")
+        Optional[str],
+        typer.Option(help="OTLP/HTTP traces URL for workers and Triton directly (no local Collector)."),
     ] = None,
+    otlp_forward: Annotated[
+        Optional[str],
+        typer.Option(help="The local Collector also sends spans here (OTLP/HTTP, e.g. Jaeger's :4318)."),
+    ] = None,
+    traces: Annotated[
+        bool, typer.Option(help="Run the OpenTelemetry Collector (once built) and trace events.")
+    ] = True,
+    otlp_http_port: Annotated[int, typer.Option(help="The local Collector's OTLP/HTTP port.")] = 4318,
+    otlp_grpc_port: Annotated[int, typer.Option(help="The local Collector's OTLP/gRPC port.")] = 4317,
     report: Annotated[Optional[Path], typer.Option(help="Write the demo summary (JSON) here.")] = None,
     event_format: Annotated[
         EventFormat, typer.Option("--format", help="The demo's events: JSON or binary tensors.")
@@ -265,6 +275,8 @@ def up(
         triton_metrics_port,
         metrics_port,
         kafka_controller_port,
+        otlp_grpc_port,
+        otlp_http_port,
     )
     opts = UpOptions(
         workers=workers,
@@ -274,6 +286,8 @@ def up(
         event_format=event_format.value,
         duration_s=duration,
         report=report,
+        traces=traces,
+        otlp_forward=otlp_forward,
     )
     raise typer.Exit(run_up(settings, opts, console))
 
@@ -286,6 +300,37 @@ def fetch_kafka() -> None:
     find_java()  # EmbeddedServerError: one line (ops/cli_errors.py)
     libs = kafka_libs(on_progress=lambda msg: console.print(f"[cyan]>[/] {msg}"))
     console.print(f"Apache Kafka {KAFKA_VERSION}: {libs}")
+
+
+@app.command("fetch-otelcol")
+def fetch_otelcol() -> None:
+    """Build the project's OpenTelemetry Collector with Go (once; cached by its manifest's hash)."""
+    from ops.embedded.otelcol_dist import otelcol_binary
+
+    binary = otelcol_binary(on_progress=lambda msg: console.print(f"[cyan]>[/] {msg}"))
+    console.print(f"OpenTelemetry Collector: {binary}")
+
+
+@app.command()
+def traces(
+    trace: Annotated[
+        Optional[str], typer.Argument(help="A trace id or an event id: show that trace alone.")
+    ] = None,
+    file: Annotated[
+        Optional[Path], typer.Option(help="The Collector's output (default: <data_dir>/stack/traces.jsonl).")
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="How many of the slowest traces to draw.")] = 3,
+    since: Annotated[float, typer.Option(min=0, help="Only traces that started in the last N minutes.")] = 15,
+    width: Annotated[int, typer.Option(min=10, help="Width of the time axis in characters.")] = 48,
+) -> None:
+    """Where an event's time went: the slowest recent traces (or one) as waterfalls.
+
+    Reads the file the Collector of `sie up` writes every span to.
+    """
+    from ops.traces_cli import show_traces
+
+    path = file or load_settings().data_dir / "stack" / "traces.jsonl"
+    raise typer.Exit(show_traces(Console(), path, trace, top=top, since_min=since, width=width))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -33,6 +33,7 @@ from ops.embedded import (
     start_triton,
 )
 from ops.embedded.kafka_dist import KAFKA_VERSION
+from ops.embedded.otelcol import TRACES_FILE, CollectorProcess, start_collector
 from ops.embedded.process import http_ok
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class Stack:
     broker: KafkaBroker | None = None
     triton: TritonProcess | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
+    collector: CollectorProcess | None = None
 
     def add_worker(self, metrics_port: int | None = None, wait: bool = True) -> WorkerProcess:
         """Start one more worker (joins the same consumer group)."""
@@ -144,14 +146,21 @@ class Stack:
             out |= {"triton grpc": self.triton.grpc_url, "triton metrics": self.triton.metrics_url}
         for w in self.workers:
             out[w.name] = w.metrics_url
+        if self.collector is not None:
+            c = self.collector
+            out["otel collector"] = f"{c.traces_url} -> {c.traces_file}" + (
+                f" and {c.forward_endpoint}" if c.forward_endpoint else ""
+            )
         return out
 
     def stop(self) -> None:
-        """Stop workers (graceful drain), then Triton, then the broker."""
+        """Stop workers (graceful drain), then Triton, then the Collector (flushing), then the broker."""
         for worker in reversed(self.workers):
             worker.stop()
         if self.triton is not None:
             self.triton.stop()
+        if self.collector is not None:
+            self.collector.stop()
         if self.broker is not None:
             self.broker.stop()
 
@@ -175,15 +184,19 @@ class StackPorts:
     triton_metrics: int = 8002
     first_worker_metrics: int = 9300
     kafka_controller: int = 9093
+    otlp_grpc: int = 4317  # the OpenTelemetry Collector's, when it runs
+    otlp_http: int = 4318
 
     @classmethod
     def free(cls) -> StackPorts:
         """Ports free right now (tests)."""
-        return cls(free_port(), free_port(), free_port(), free_port(), 0, free_port())
+        kafka, http, grpc, metrics, controller, otlp_grpc, otlp_http = (free_port() for _ in range(7))
+        return cls(kafka, http, grpc, metrics, 0, controller, otlp_grpc, otlp_http)
 
-    def check_free(self, workers: int) -> None:
+    def check_free(self, workers: int, collector: bool = False) -> None:
         """Raise a clear error naming any port already in use."""
-        wanted = {
+        wanted = {"OTLP gRPC": self.otlp_grpc, "OTLP HTTP": self.otlp_http} if collector else {}
+        wanted |= {
             "Kafka": self.kafka,
             "Kafka controller": self.kafka_controller,
             "Triton HTTP": self.triton_http,
@@ -226,20 +239,38 @@ def start_stack(
     workers: int = 2,
     ports: StackPorts | None = None,
     on_step: Callable[[str], None] | None = None,
+    otelcol: Path | None = None,
+    otlp_forward: str | None = None,
 ) -> Stack:
     """Start broker, create topics, start Triton and ``workers`` workers; wait for all.
 
-    ``on_step(message)`` is called before each step (progress output). On any
-    failure everything started so far is stopped again.
+    With ``otelcol`` (the Collector's binary) a Collector starts first and
+    receives the spans of Triton and the workers (``base.otlp_endpoint`` is
+    replaced): written to ``work_dir/traces.jsonl`` and sent on to
+    ``otlp_forward`` if given. ``on_step(message)`` is called before each
+    step (progress output). On any failure everything started so far is
+    stopped again.
     """
     ports = ports or StackPorts()
-    ports.check_free(workers)
+    ports.check_free(workers, collector=otelcol is not None)
     step = on_step or (lambda _msg: None)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     logs = work_dir / "logs"
     stack = Stack(base, work_dir)
     try:
+        if otelcol is not None:
+            traces = work_dir / TRACES_FILE
+            step(f"starting the OpenTelemetry Collector (OTLP/HTTP {ports.otlp_http}), spans to {traces}")
+            stack.collector = start_collector(
+                logs,
+                traces_file=traces,
+                grpc_port=ports.otlp_grpc,
+                http_port=ports.otlp_http,
+                forward_endpoint=otlp_forward,
+                binary=otelcol,
+            )
+            base = base.model_copy(update={"otlp_endpoint": stack.collector.traces_url})
         data = work_dir / "kafka-data"
         step(f"starting Apache Kafka {KAFKA_VERSION} (KRaft) on 127.0.0.1:{ports.kafka}, data in {data}")
         stack.broker = start_broker(

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from engine.settings import Settings
 from ops.embedded import ManagedProcess
+from ops.embedded.otelcol_dist import cached_binary
 from ops.eventgen import generate, load_profiles
 from ops.loadgen import PacedProducer, PredictionMonitor, SendLog, Snapshot
 from ops.stack import Stack, StackPorts, start_stack
@@ -35,6 +36,7 @@ MINUTE_S = 60.0  # the demo prints (and reports) each minute's rate and latency
 POLL_S = 1.0  # longest pause between two looks at the children (and demo view updates)
 BROKER = "Kafka broker"
 TRITON = "tritonserver"
+COLLECTOR = "otel collector"
 _STYLES = {Level.INFO: "cyan", Level.WARNING: "yellow"}
 
 
@@ -51,6 +53,8 @@ class UpOptions:
     duration_s: float | None = None
     report: Path | None = None
     restart_policy: RestartPolicy = RestartPolicy()
+    traces: bool = True  # run the OpenTelemetry Collector (where built) and export spans to it
+    otlp_forward: str | None = None  # the Collector also sends spans on to this OTLP/HTTP endpoint
 
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
@@ -69,12 +73,21 @@ def run_up(settings: Settings, opts: UpOptions, console: Console) -> int:
         workers=opts.workers,
         ports=opts.ports,
         on_step=lambda msg: console.print(f"[cyan]>[/] {msg}"),
+        otelcol=_collector_binary(settings, opts),
+        otlp_forward=opts.otlp_forward,
     )
     code = 0
     try:
         console.print(f"[green]stack ready in {time.monotonic() - started:.1f}s[/]")
         console.print(_endpoints(stack))
         console.print(f"logs: {work_dir / 'logs'} and {work_dir}/<worker>.log; Ctrl-C stops everything")
+        if stack.collector is not None:
+            console.print("where an event's time went: `sie traces`, or `sie traces <event id>`")
+        elif opts.traces and not settings.otlp_endpoint:
+            console.print(
+                "[yellow]![/] traces off: the OpenTelemetry Collector is not built yet "
+                "(`sie fetch-otelcol` or `make otelcol` builds it once, with Go)"
+            )
         processes = _processes(stack)
         supervisor = supervise(stack, lambda n: _print_notice(console, n, processes), opts.restart_policy)
         if opts.demo_rate > 0:
@@ -95,6 +108,13 @@ def run_up(settings: Settings, opts: UpOptions, console: Console) -> int:
         stack.stop()  # workers drain first, then Triton, then the broker
         console.print("[green]stopped[/]")
     return code
+
+
+def _collector_binary(settings: Settings, opts: UpOptions) -> Path | None:
+    """The Collector to run: None with --no-traces, with an --otlp-endpoint of the user's, or unbuilt."""
+    if not opts.traces or settings.otlp_endpoint:
+        return None  # spans go straight to the user's endpoint, or nowhere
+    return cached_binary()
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,9 @@ def supervise(stack: Stack, notify: Notify, policy: RestartPolicy | None = None)
         children.append(StackChild(BROKER, broker.process, broker.process.start, broker.ready))
     if stack.triton is not None:
         children.append(StackChild(TRITON, stack.triton.process, stack.triton.respawn, stack.triton.ready))
+    if stack.collector is not None:
+        c = stack.collector
+        children.append(StackChild(COLLECTOR, c.process, c.process.start, c.ready))
     children += [StackChild(w.name, w.process, w.respawn, w.ready) for w in stack.workers]
     return Supervisor(children, policy=policy, clock=time.monotonic, notify=notify)
 
@@ -146,6 +169,8 @@ def _processes(stack: Stack) -> dict[str, ManagedProcess]:
         processes[TRITON] = stack.triton.process
     if stack.broker is not None:
         processes[BROKER] = stack.broker.process
+    if stack.collector is not None:
+        processes[COLLECTOR] = stack.collector.process
     return processes
 
 

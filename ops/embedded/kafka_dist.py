@@ -80,7 +80,7 @@ def kafka_libs(
     if (home / _COMPLETE).is_file():
         return libs
     home.mkdir(parents=True, exist_ok=True)
-    with _locked(home / ".lock"):
+    with locked(home / ".lock"):
         if (home / _COMPLETE).is_file():  # another process fetched it while we waited
             return libs
         say = on_progress or log.info
@@ -130,7 +130,8 @@ def _fetch(home: Path, libs: Path, version: str) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created) while the block runs: one fetch/build at a time."""
     with path.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

@@ -176,6 +176,8 @@ def launch_up(tmp_path: Path) -> Up:
         "--triton-grpc-port", str(free_port()),
         "--triton-metrics-port", str(free_port()),
         "--metrics-port", str(_first_metrics_port()),
+        "--otlp-http-port", str(free_port()),  # the Collector, where built
+        "--otlp-grpc-port", str(free_port()),
     ]  # fmt: skip
     env = child_env(
         {

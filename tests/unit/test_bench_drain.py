@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.drain import CpuWindow, drain_rate, process_cpu_s
 from benchmarks.previous import PREVIOUS_TANSU, comparison_lines
-from benchmarks.report import write_json, write_markdown
+from benchmarks.report import put_section, write_json, write_markdown
 from benchmarks.targets import targets
 
 
@@ -170,3 +170,41 @@ def test_comparison_says_when_a_half_load_level_was_not_run() -> None:
         "- p99 at 50% of max, raw client bound: not run (on tansu: 121.8 ms at its level nearest "
         "the engine's 50%, 5,830/s)."
     )
+
+
+def test_a_section_another_benchmark_wrote_survives_make_bench_and_is_replaced_by_its_next_run(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "benchmarks.md"
+    write_markdown(_report(), path, tmp_path / "plot.png", Path("reports/bench/bench.json"))
+    put_section(path, "trace-cost", "## Trace export cost\n\nfirst run")
+    write_markdown(_report(), path, tmp_path / "plot.png", Path("reports/bench/bench.json"))
+    assert path.read_text().count("## Trace export cost") == 1 and "first run" in path.read_text()
+    put_section(path, "trace-cost", "## Trace export cost\n\nsecond run")
+    text = path.read_text()
+    assert "second run" in text and "first run" not in text and text.count("<!-- kept:trace-cost -->") == 1
+
+
+def test_the_trace_cost_section_shows_each_variant_against_off_and_how_to_rerun_it() -> None:
+    from benchmarks.drain import Drain
+    from benchmarks.trace_cost import markdown, summary
+
+    rounds = [
+        {"off": Drain(100, 100, 1.0, rate), "on, ratio 1": Drain(100, 100, 1.0, rate / 4)}
+        for rate in (10_000.0, 20_000.0, 16_000.0)
+    ]
+    report = {
+        "machine": {"commit": "abc1234", "cores": 2, "cpu": "some CPU"},
+        "load_average": [6.5, 5.0, 4.0],
+        "events": 100,
+        "default_ratio": 1.0,
+        "median": summary(rounds),
+        "rounds": [{k: d.as_dict() for k, d in r.items()} for r in rounds],
+        "collector_file_mb": 12.5,
+        "seconds": 90,
+    }
+    text = markdown(report)
+    assert "--rounds 3 --events 100 --ratio 1`" in text
+    assert "| off | 10,000 | 20,000 | 16,000 | 16,000 | - | - |" in text
+    assert "| on, ratio 1 | 2,500 | 5,000 | 4,000 | 4,000 | - | 75.0% |" in text
+    assert "load average 6.5" in text

@@ -247,9 +247,7 @@ def test_traces_flow_from_worker_and_triton_through_the_collector_to_jaeger(
     services: dict[str, Any], worker_env: dict[str, str]
 ) -> None:
     collector = services["otel-collector"]
-    (source, target, read_only), *_ = bind_sources(collector)
-    assert read_only and any(target in arg for arg in collector["command"])
-    config = yaml.safe_load((REPO / source).read_text())
+    config = _collector_config(collector)
     http = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
     triton_url = next(a for a in services["triton"]["command"] if a.startswith("opentelemetry,url="))
     for url in (worker_env["SIE_OTLP_ENDPOINT"], triton_url.split("=", 1)[1]):
@@ -257,6 +255,26 @@ def test_traces_flow_from_worker_and_triton_through_the_collector_to_jaeger(
         assert host == "otel-collector" and port == host_port(http)[1]
         assert port in container_ports(collector)
     _check_collector_pipelines(config, services)
+
+
+def _collector_config(collector: dict[str, Any]) -> dict[str, Any]:
+    """The Collector's configuration: its ``--config`` files (mounted read-only), merged in order."""
+    mounts = {target: (source, read_only) for source, target, read_only in bind_sources(collector)}
+    files = [arg.split("=", 1)[1] for arg in collector["command"] if arg.startswith("--config=")]
+    assert len(files) == 2 and all(mounts[f][1] for f in files), "pipeline + compose overlay, read-only"
+    merged: dict[str, Any] = {}
+    for target in files:
+        _merge(merged, yaml.safe_load((REPO / mounts[target][0]).read_text()))
+    return merged
+
+
+def _merge(into: dict[str, Any], overlay: dict[str, Any]) -> None:
+    """The Collector's merge of config files: maps key by key, anything else replaced."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _check_collector_pipelines(config: dict[str, Any], services: dict[str, Any]) -> None:
