@@ -22,9 +22,10 @@ class FakeMessage:
     _topic: str
     _partition: int
     _offset: int
-    _key: bytes | None
-    _value: bytes | None
-    _headers: Headers
+    _key: bytes | None = b"k"
+    _value: bytes | None = b"{}"
+    _headers: list[tuple[str, bytes | None]] | None = None
+    _timestamp: tuple[int, int] = (1, 1_700_000_000_000)  # (TIMESTAMP_CREATE_TIME, ms)
 
     def error(self) -> None:
         return None
@@ -44,8 +45,11 @@ class FakeMessage:
     def value(self) -> bytes | None:
         return self._value
 
-    def headers(self) -> Headers:
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
         return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._timestamp
 
 
 @dataclass

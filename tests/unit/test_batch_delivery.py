@@ -11,42 +11,9 @@ from typing import Any
 from engine.positions import Positions
 from engine.records import Completion, RawRecord
 from streams.app import batch_handler, chunked, to_raw
+from tests.unit.fake_kafka import FakeMessage
 
 TP0, TP1 = ("events", 0), ("events", 1)
-
-
-@dataclass
-class Msg:
-    """What delivery reads of a confluent_kafka Message (its methods)."""
-
-    _topic: str
-    _partition: int
-    _offset: int
-    _key: bytes | None = b"k"
-    _value: bytes | None = b"{}"
-    _timestamp: tuple[int, int] = (1, 1_700_000_000_000)
-    _headers: list[tuple[str, bytes | None]] | None = None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def timestamp(self) -> tuple[int, int]:
-        return self._timestamp
-
-    def headers(self) -> list[tuple[str, bytes | None]] | None:
-        return self._headers
 
 
 @dataclass
@@ -56,7 +23,7 @@ class FakeConsumer:
     positions: Positions = field(default_factory=Positions)
     revoking: set[tuple[str, int]] = field(default_factory=set)
 
-    def hand_out(self, tp: tuple[str, int], messages: Sequence[Msg]) -> Any:
+    def hand_out(self, tp: tuple[str, int], messages: Sequence[FakeMessage]) -> Any:
         part = self.positions.get(tp)
         if part is None or tp in self.revoking:
             return None
@@ -64,8 +31,8 @@ class FakeConsumer:
         return self.positions.finisher(tp, chunk), messages
 
 
-def msgs(tp: tuple[str, int], start: int, n: int) -> list[Msg]:
-    return [Msg(tp[0], tp[1], o) for o in range(start, start + n)]
+def msgs(tp: tuple[str, int], start: int, n: int) -> list[FakeMessage]:
+    return [FakeMessage(tp[0], tp[1], o) for o in range(start, start + n)]
 
 
 def consumer_at(**starts: int) -> FakeConsumer:
@@ -129,8 +96,8 @@ def test_to_raw_keeps_key_value_headers_and_timestamp() -> None:
     done: list[int] = []
     completion = Completion(2, lambda: done.append(1))
     records = [
-        Msg("events", 3, 42, _key=None, _headers=[("traceparent", b"00-abc"), ("empty", None)]),
-        Msg("events", 3, 43, _timestamp=(0, -1)),  # TIMESTAMP_NOT_AVAILABLE
+        FakeMessage("events", 3, 42, _key=None, _headers=[("traceparent", b"00-abc"), ("empty", None)]),
+        FakeMessage("events", 3, 43, _timestamp=(0, -1)),  # TIMESTAMP_NOT_AVAILABLE
     ]
     raw = to_raw(records, completion, now=12.5)
     assert raw[0].key is None and raw[0].value == b"{}" and raw[0].received_at == 12.5

@@ -15,19 +15,13 @@ import pytest
 from engine.settings import Settings
 from streams.app import create_app
 from streams.driver import EngineConsumer, _Listener
+from tests.unit.fake_kafka import FakeMessage
 
 TP0, TP1 = ("events", 0), ("events", 1)
 
 
-class Msg:
-    def __init__(self, offset: int) -> None:
-        self._offset = offset
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1_700_000_000_000 + self._offset)
+def msg(offset: int) -> FakeMessage:
+    return FakeMessage("events", 0, offset, _timestamp=(1, 1_700_000_000_000 + offset))
 
 
 @pytest.fixture
@@ -44,13 +38,13 @@ async def test_a_revoke_waits_for_the_partitions_records_in_flight_then_offers_t
     consumer: EngineConsumer,
 ) -> None:
     listener = _Listener(consumer)
-    handed = consumer.hand_out(TP0, [Msg(o) for o in range(100, 110)])
-    other = consumer.hand_out(TP1, [Msg(0)])
+    handed = consumer.hand_out(TP0, [msg(o) for o in range(100, 110)])
+    other = consumer.hand_out(TP1, [msg(0)])
     assert handed is not None and other is not None
     revoking = asyncio.ensure_future(listener.revoking([TP0]))
     await asyncio.sleep(0.05)
     assert not revoking.done()  # TP0's records are still in flight (TP1's do not matter)
-    assert consumer.hand_out(TP0, [Msg(110)]) is None  # nothing more of TP0 is handed out
+    assert consumer.hand_out(TP0, [msg(110)]) is None  # nothing more of TP0 is handed out
     handed[0]()
     assert await asyncio.wait_for(revoking, 1) == {TP0: 110}
     await listener.revoked([TP0], {TP0: 110})
@@ -58,16 +52,25 @@ async def test_a_revoke_waits_for_the_partitions_records_in_flight_then_offers_t
 
 
 async def test_records_handed_out_before_are_not_handed_out_again(consumer: EngineConsumer) -> None:
-    first = consumer.hand_out(TP0, [Msg(o) for o in range(100, 105)])
+    first = consumer.hand_out(TP0, [msg(o) for o in range(100, 105)])
     assert first is not None
-    again = consumer.hand_out(TP0, [Msg(o) for o in range(103, 108)])
+    again = consumer.hand_out(TP0, [msg(o) for o in range(103, 108)])
     assert again is not None
     assert [m.offset() for m in again[1]] == [105, 106, 107]
-    assert consumer.hand_out(TP0, [Msg(101), Msg(102)]) is None
+    assert (
+        consumer.hand_out(
+            TP0,
+            [
+                msg(101),
+                msg(102),
+            ],
+        )
+        is None
+    )
 
 
 async def test_a_commit_counts_only_once_confirmed(consumer: EngineConsumer) -> None:
-    done = consumer.hand_out(TP0, [Msg(o) for o in range(100, 110)])
+    done = consumer.hand_out(TP0, [msg(o) for o in range(100, 110)])
     assert done is not None
     done[0]()
     consumer._on_committed({}, "REBALANCE_IN_PROGRESS")  # a failed commit: nothing confirmed
@@ -77,7 +80,7 @@ async def test_a_commit_counts_only_once_confirmed(consumer: EngineConsumer) -> 
 
 
 async def test_a_partition_not_ours_is_never_handed_out(consumer: EngineConsumer) -> None:
-    assert consumer.hand_out(("events", 7), [Msg(0)]) is None
+    assert consumer.hand_out(("events", 7), [msg(0)]) is None
 
 
 def test_the_app_loads_the_rdkafka_driver_through_fausts_entry_point() -> None:

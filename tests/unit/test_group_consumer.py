@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams import group_consumer
 from streams.group_consumer import GroupConsumer, TPKey
+from tests.unit.fake_kafka import FakeMessage
 
 
 class ScriptedConsumer:
@@ -152,23 +153,6 @@ async def test_fetched_records_of_revoked_partitions_are_dropped_not_handed_out(
     await in_thread(group._on_revoke, fake, [TopicPartition("events", 1)])
     batch = await asyncio.wait_for(group.take(), 1)
     assert [(tp, [m.offset() for m in ms]) for tp, ms in batch] == [(("events", 0), [0])]
-
-
-class FakeMessage:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._tp = (topic, partition, offset)
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._tp[0]
-
-    def partition(self) -> int:
-        return self._tp[1]
-
-    def offset(self) -> int:
-        return self._tp[2]
 
 
 def _with_error(tp: TopicPartition, error: KafkaError) -> Any:
