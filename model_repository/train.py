@@ -373,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in (*LOADERS, *SEQUENCE_MODELS):
         acc = train_one(name, args.out, args.version, args.seed)
         onnx_dir = export_one(args.out, name, args.version)
-        print(f"{name}: held-out accuracy {acc:.4f}; ONNX export {onnx_dir.name}")
+        print(f"{name}: held-out accuracy {acc:.4f}")
+        print(f"{name}: exported to ONNX as {onnx_dir.name}")
     return 0
 
 
