@@ -10,7 +10,10 @@ this writes a production-shaped ONNX model beside it::
     <repository>/<name>_onnx/config.pbtxt        # platform "onnxruntime_onnx", dynamic batching
     <repository>/<name>_onnx/1/model.onnx        # the same math as <name>/1/model.py
     <repository>/<name>_onnx/calibration.npz     # training inputs, for INT8 calibration
-    <repository>/<name>_onnx/reference_profile.json  # copied (drift, event generator)
+
+No ``reference_profile.json`` is copied: the ONNX models are served beside the
+numpy ones (the drift monitor and the demo producer keep to those); events
+name ``<name>_onnx`` to reach them.
 
 The graphs are built with ``onnx.helper`` from the float32 arrays: scaler
 (``(x - mean) / scale``), dense layers with ReLU, softmax. ``seq_trend``'s
@@ -23,7 +26,6 @@ version 8, which every ONNX Runtime since 1.14 (Triton 23.x and later) loads.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,8 +234,6 @@ def export_one(repository: Path, name: str, version: int = 1) -> Path:
     config = render_onnx_config(target.name, input_name, dims, n_classes, train.MAX_BATCH_SIZE)
     (target / "config.pbtxt").write_text(config)
     save_calibration(target / CALIBRATION_FILE, calibration_batches(name))
-    if (source / "reference_profile.json").exists():
-        shutil.copyfile(source / "reference_profile.json", target / "reference_profile.json")
     return target
 
 

@@ -80,8 +80,10 @@ class ShadowRunner:
             log.exception("shadow offer failed")
 
     async def _run(self, target: RouteTarget, batch: Batch) -> None:
+        answered = False
         try:
             result = await self._backend.infer(target.model, batch.stacked_inputs(), version=target.version)
+            answered = True
             if self.agreement is not None:
                 self.agreement.shadow(batch, target, result.outputs)
             records = [
@@ -102,7 +104,7 @@ class ShadowRunner:
             raise
         except Exception as err:
             self._count(target, "error", len(batch))
-            if self.agreement is not None:
+            if self.agreement is not None and not answered:
                 self.agreement.shadow_failed(batch)
             log.debug("shadow %s failed: %s", target.model, err)
         finally:

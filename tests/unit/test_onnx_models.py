@@ -52,8 +52,6 @@ def test_onnx_sequence_export_equals_the_numpy_reference_at_every_length() -> No
 @pytest.mark.parametrize("model", [*MLP_MODELS, "seq_trend"])
 def test_export_reproduces_the_committed_onnx_files_exactly(model: str, tmp_path: Path) -> None:
     shutil.copytree(MODEL_REPOSITORY / model, tmp_path / model)
-    if (MODEL_REPOSITORY / model / "reference_profile.json").exists():
-        shutil.copy(MODEL_REPOSITORY / model / "reference_profile.json", tmp_path / model)
     out = export_one(tmp_path, model)
     committed = MODEL_REPOSITORY / out.name
     for name in ("config.pbtxt", "1/model.onnx"):
