@@ -136,6 +136,7 @@ def summary_nodes(source: str, output: str) -> tuple[list[onnx.NodeProto], list[
 def build_model(arrays: dict[str, np.ndarray], *, sequence: bool, name: str) -> onnx.ModelProto:
     """The ONNX model of one set of weights (``sequence``: the variable-length ``seq_trend`` kind)."""
     n_classes = int(arrays[f"b{sum(1 for k in arrays if k.startswith('W')) - 1}"].shape[0])
+    dims: list[str | int]
     if sequence:
         input_name, dims = "sequence", ["batch", "length"]
         pre, pre_inits = summary_nodes(input_name, "summary")
