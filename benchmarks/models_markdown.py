@@ -154,29 +154,35 @@ def write_markdown(report: dict[str, Any], path: Path, json_name: str, plot_name
 
 
 def write_plot(report: dict[str, Any], path: Path) -> None:
-    """p99 latency and inferences/s against batch size, one line per served model."""
+    """p99 latency and inferences/s against batch size: one column per data set, a line per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for model, points in report.get("perf", {}).items():
-        if not points:
-            continue
-        batches = [p["batch"] for p in points]
-        style = "--" if model.endswith(("_int8", "_int8_dynamic", "_fp16")) else "-"
-        axes[0].plot(batches, [p["p99_ms"] for p in points], style, marker="o", label=model)
-        axes[1].plot(batches, [p["inferences_per_s"] for p in points], style, marker="o", label=model)
-    for ax, label in zip(axes, ("p99 latency (ms)", "inferences/s"), strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper left", ncol=2)
-    fig.suptitle("Triton (perf_analyzer) per model and variant - busy 2-core machine")
+    names = list(report["quality"])
+    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 8), squeeze=False)
+    for col, name in enumerate(names):
+        for q in report["quality"][name]:
+            points = report.get("perf", {}).get(q["model"]) or []
+            if not points:
+                continue
+            batches = [p["batch"] for p in points]
+            label = f"{q['variant']} ({q['model']})"
+            axes[0][col].plot(batches, [p["p99_ms"] for p in points], marker="o", label=label)
+            axes[1][col].plot(batches, [p["inferences_per_s"] for p in points], marker="o", label=label)
+        axes[0][col].set_title(name)
+        for row, label in enumerate(("p99 latency (ms)", "inferences/s")):
+            ax = axes[row][col]
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("batch size")
+            ax.set_ylabel(label)
+            ax.grid(True, which="both", alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
+    fig.suptitle("Triton (perf_analyzer, concurrency 4) per model and variant - busy 2-core machine")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
