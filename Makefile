@@ -78,6 +78,13 @@ bench-quick: $(BENCH_STAMP) kafka
 models: $(STAMP)
 	$(BIN)/python model_repository/train.py
 
+.PHONY: models-report
+# The ONNX models and their FP16/INT8/INT8-dynamic variants against the original: accuracy, agreement,
+# size, Triton latency (perf_analyzer) and engine drain -> docs/models.md (generated section),
+# docs/models-report.json, docs/models-latency.png (~10 min; benchmarks/models_report.py).
+models-report: $(BENCH_STAMP) kafka
+	$(BIN)/sie models report
+
 clean:
 	rm -rf .sie reports .mypy_cache .pytest_cache .ruff_cache
 

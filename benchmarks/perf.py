@@ -61,15 +61,25 @@ def library_dir(work_dir: Path) -> Path:
 
 
 def run_perf(
-    grpc_url: str, model: str, batch: int, concurrency: int, work_dir: Path, interval_ms: int = 2000
+    grpc_url: str,
+    model: str,
+    batch: int,
+    concurrency: int,
+    work_dir: Path,
+    interval_ms: int = 2000,
+    shape: str | None = None,
 ) -> PerfPoint:
-    """One perf_analyzer measurement (gRPC, fixed concurrency)."""
+    """One perf_analyzer measurement (gRPC, fixed concurrency).
+
+    ``shape`` (``input:dims``, e.g. ``sequence:32``) fixes a variable-length input's dims.
+    """
     out = work_dir / f"perf-{model}-b{batch}-c{concurrency}.csv"
     argv = [
         str(find_perf_analyzer()),
         *("-m", model, "-u", grpc_url, "-i", "grpc", "-b", str(batch)),
         *("--concurrency-range", str(concurrency), "--measurement-interval", str(interval_ms)),
         *("--percentile", "99", "-s", "100", "-r", "6", "-f", str(out)),
+        *(("--shape", shape) if shape else ()),
     ]
     env = child_env(ld_library_prepend=[library_dir(work_dir)])
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)

@@ -8,7 +8,7 @@ the environment. Nested groups use ``__`` in variable names, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -181,6 +181,10 @@ class RoutingSettings(BaseModel):
     shadows: dict[str, list[RouteTarget]] = {}  # served model -> shadow targets (best effort)
     shadow_topic: str = "predictions.shadow"
     shadow_max_in_flight: int = Field(2, gt=0)
+    # Alert threshold of shadow agreement (share of rows in the primary's class), per shadow model
+    # ("model" or "model:version"); others use shadow_default_min_agreement. See models/agreement.py.
+    shadow_min_agreement: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}
+    shadow_default_min_agreement: float = Field(0.99, ge=0, le=1)
 
 
 class DriftSettings(BaseModel):

@@ -32,6 +32,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from engine.errors import ConfigError
+from inference.onnx_graph import GraphMismatch, check_graph, config_as_dict
 from inference.version_policy import policy_kind, selected_versions, write_version_policy
 
 CONFIG_FILE = "config.pbtxt"
@@ -165,6 +166,17 @@ def validate_version_files(config: mc.ModelConfig, version_dir: Path) -> list[Pr
         return [Problem(target, field, f"missing: the {backend} backend loads {expected!r}")]
     if target.suffix == ".py":
         return _check_python(target)
+    if target.suffix == ".onnx":
+        return _check_onnx(config, target)
+    return []
+
+
+def _check_onnx(config: mc.ModelConfig, path: Path) -> list[Problem]:
+    try:
+        check_graph(config_as_dict(config), path)
+    except GraphMismatch as err:
+        message = "the graph does not match this config: " + "; ".join(err.differences)
+        return [Problem(path, "input/output", message)]
     return []
 
 

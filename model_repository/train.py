@@ -21,6 +21,9 @@ and the held-out accuracy is measured through that template, batch by length
 as Triton runs it. It has no ``reference_profile.json``: the drift monitor and
 the event generator work on fixed feature columns, which a sequence has not.
 
+Each trained model is then exported to ONNX beside it (``<name>_onnx``, see
+``onnx_export.py``) from the weights just written.
+
 Everything is seeded, so re-running gives the same weights and accuracy.
 """
 
@@ -364,9 +367,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=1, help="model version to write")
     parser.add_argument("--seed", type=int, default=MODEL_SEED, help="weight initialisation seed")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE.parent))  # the model_repository package, when run as a script
+    from model_repository.onnx_export import export_one
+
     for name in (*LOADERS, *SEQUENCE_MODELS):
         acc = train_one(name, args.out, args.version, args.seed)
+        onnx_dir = export_one(args.out, name, args.version)
         print(f"{name}: held-out accuracy {acc:.4f}")
+        print(f"{name}: exported to ONNX as {onnx_dir.name}")
     return 0
 
 

@@ -12,7 +12,7 @@ broker. :class:`ModelObserver` turns them into
   shows up as a flip of the two series;
 * ``sie_ab_predictions_total{model, version, arm}`` per A/B arm;
 * drift windows and ``sie_drift_psi`` / ``sie_drift_score_psi`` gauges;
-* shadow requests (models/shadow.py).
+* shadow requests (models/shadow.py) and their agreement with the primary (models/agreement.py).
 
 Hooks never raise into the pipeline: a failure here is logged and ignored.
 """
@@ -31,6 +31,7 @@ from engine.ports import InferenceBackend, Sink
 from engine.records import Batch, InferenceResult
 from engine.routing import Router
 from engine.settings import Settings
+from models.agreement import ShadowAgreement
 from models.drift import DriftMonitor, DriftReport, load_references
 from models.shadow import ShadowRunner
 from observability.metrics import ModelMetrics, create_model_metrics
@@ -109,6 +110,8 @@ class ModelObserver:
                 self.metrics.ab_predictions.labels(batch.model, result.model_version, arm).inc(n)
             if self.drift is not None:
                 self._observe_drift(batch, result)
+            if self.shadow is not None and self.shadow.agreement is not None:
+                self.shadow.agreement.primary(batch, result.outputs)
         except Exception:
             log.exception("model hooks failed for a batch of %s", batch.model)
 
@@ -167,7 +170,19 @@ async def build_model_hooks(
     if router.has_shadows:
         sink = make_sink(settings.kafka.confluent_config() | {"linger.ms": str(settings.kafka.linger_ms)})
         routing = settings.routing
+        agreement = ShadowAgreement(
+            metrics, routing.shadow_min_agreement, routing.shadow_default_min_agreement
+        )
+        for model, targets in routing.shadows.items():
+            for target in targets:
+                agreement.declare(model, target)
         observer.shadow = ShadowRunner(
-            router, backend, sink, routing.shadow_topic, metrics, max_in_flight=routing.shadow_max_in_flight
+            router,
+            backend,
+            sink,
+            routing.shadow_topic,
+            metrics,
+            max_in_flight=routing.shadow_max_in_flight,
+            agreement=agreement,
         )
     return observer

@@ -16,7 +16,8 @@ never waits for, retries or counts on a shadow:
   shadow topic missing) - shadows are for comparison, not for delivery.
 
 Outcomes are counted in ``sie_shadow_predictions_total{model, outcome}``. Shadow predictions are
-encoded by the core, beside predictions (:mod:`engine.prediction_json`).
+encoded by the core, beside predictions (:mod:`engine.prediction_json`). With an ``agreement``
+tracker each shadow answer is also compared with the primary's (models/agreement.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from engine.prediction_json import encode_shadow_prediction
 from engine.records import Batch, OutRecord
 from engine.routing import Router
 from engine.settings import RouteTarget
+from models.agreement import ShadowAgreement
 from observability.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class ShadowRunner:
         *,
         max_in_flight: int = 2,
         max_undelivered: int = 10_000,
+        agreement: ShadowAgreement | None = None,
     ) -> None:
         self._router = router
         self._backend = backend
@@ -58,6 +61,7 @@ class ShadowRunner:
         self._in_flight = 0
         self._undelivered = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.agreement = agreement
 
     def offer(self, batch: Batch) -> None:
         """Start shadow requests for ``batch`` if there is room; never raises, never blocks."""
@@ -67,6 +71,8 @@ class ShadowRunner:
                     self._count(target, "dropped", len(batch))
                     continue
                 self._in_flight += 1
+                if self.agreement is not None:
+                    self.agreement.expect(batch, 1)
                 task = asyncio.ensure_future(self._run(target, batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -74,8 +80,12 @@ class ShadowRunner:
             log.exception("shadow offer failed")
 
     async def _run(self, target: RouteTarget, batch: Batch) -> None:
+        answered = False
         try:
             result = await self._backend.infer(target.model, batch.stacked_inputs(), version=target.version)
+            answered = True
+            if self.agreement is not None:
+                self.agreement.shadow(batch, target, result.outputs)
             records = [
                 OutRecord(
                     topic=self._topic,
@@ -94,6 +104,8 @@ class ShadowRunner:
             raise
         except Exception as err:
             self._count(target, "error", len(batch))
+            if self.agreement is not None and not answered:
+                self.agreement.shadow_failed(batch)
             log.debug("shadow %s failed: %s", target.model, err)
         finally:
             self._in_flight -= 1

@@ -161,6 +161,11 @@ class ModelMetrics:
 
     ab_predictions: Counter
     shadow_predictions: Counter
+    shadow_compared: Counter
+    shadow_agreed: Counter
+    shadow_agreement: Gauge
+    shadow_max_abs_diff: Gauge
+    shadow_min_agreement: Gauge
     drift_psi: Gauge
     drift_score_psi: Gauge
     drift_window: Gauge
@@ -170,8 +175,16 @@ def create_model_metrics(registry: CollectorRegistry, namespace: str = "sie") ->
     """Create and register the model-lifecycle metrics on ``registry``.
 
     ``feature`` label values are the feature names of each model's reference
-    profile (a bounded set shipped with the model), never event data.
+    profile (a bounded set shipped with the model), never event data;
+    ``shadow`` values are the configured shadow targets (models/agreement.py).
     """
+
+    def shadow_gauge(name: str, doc: str) -> Gauge:
+        return Gauge(name, doc, ("model", "shadow"), namespace=namespace, registry=registry)
+
+    def shadow_counter(name: str, doc: str) -> Counter:
+        return Counter(name, doc, ("model", "shadow"), namespace=namespace, registry=registry)
+
     return ModelMetrics(
         ab_predictions=Counter(
             "ab_predictions",
@@ -186,6 +199,23 @@ def create_model_metrics(registry: CollectorRegistry, namespace: str = "sie") ->
             ("model", "outcome"),
             namespace=namespace,
             registry=registry,
+        ),
+        shadow_compared=shadow_counter(
+            "shadow_compared_rows",
+            "Shadow prediction rows compared with the primary's answer to the same event.",
+        ),
+        shadow_agreed=shadow_counter(
+            "shadow_agreed_rows", "Compared shadow rows whose predicted class equals the primary's."
+        ),
+        shadow_agreement=shadow_gauge(
+            "shadow_agreement_ratio", "Agreed / compared shadow rows since the worker started."
+        ),
+        shadow_max_abs_diff=shadow_gauge(
+            "shadow_max_abs_diff", "Largest absolute difference of a shadow output value from the primary's."
+        ),
+        shadow_min_agreement=shadow_gauge(
+            "shadow_min_agreement",
+            "Lowest acceptable agreement of the shadow (routing.shadow_min_agreement): the alert threshold.",
         ),
         drift_psi=Gauge(
             "drift_psi",

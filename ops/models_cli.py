@@ -1,4 +1,5 @@
-"""``sie models``: list, validate, deploy, promote and roll back model versions.
+"""``sie models``: list, validate, deploy, promote and roll back model versions; make compressed
+variants of ONNX models (``compress``) and measure them against the original (``report``).
 
 Defaults fit the embedded stack of ``sie up``: the repository is the copy
 Triton serves, ``<data_dir>/stack/model_repository`` (``SIE_DATA_DIR``,
@@ -38,7 +39,9 @@ from inference.version_policy import policy_kind, selected_versions
 if TYPE_CHECKING:
     from inference.model_control import ModelControl
 
-models_app = typer.Typer(help="Model repository: list, validate, deploy, promote, roll back.")
+models_app = typer.Typer(
+    help="Model repository: list, validate, deploy, promote, roll back; compress ONNX models, report."
+)
 console = Console(soft_wrap=True)  # paths in messages stay whole
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -220,6 +223,57 @@ def rollback(
         f"[green]rolled back[/] {name}: served {list(switch.before)} -> {list(switch.after)} "
         f"in {switch.seconds:.1f}s"
     )
+
+
+@models_app.command()
+def compress(
+    name: Annotated[str, typer.Argument(help="ONNX model (platform onnxruntime_onnx) to compress.")],
+    kinds: Annotated[
+        Optional[list[str]],
+        typer.Option("--kind", "-k", help="fp16, int8 (static QDQ) or int8_dynamic; repeat [default: all]."),
+    ] = None,
+    calibration: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="INT8 calibration inputs (.npz: batch_0, batch_1, ...) [default: NAME/calibration.npz]."
+        ),
+    ] = None,
+    repository: RepoOpt = None,
+) -> None:
+    """Write NAME_fp16, NAME_int8, NAME_int8_dynamic beside NAME, each its own Triton model."""
+    import logging
+
+    from inference.variants import KINDS, make_variant
+
+    repo = repository_path(repository)
+    logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantizer warns on the root logger
+    original = None
+    for kind in kinds or list(KINDS):
+        try:
+            target = make_variant(repo, name, kind, calibration=calibration)
+        except (EngineError, OSError) as err:
+            raise _fail(err) from None
+        size = (target / "1" / "model.onnx").stat().st_size
+        if original is None:
+            original = max((repo / name).glob("[0-9]*/model.onnx")).stat().st_size
+        console.print(
+            f"[green]made[/] {target.name} ({kind}): {target / '1' / 'model.onnx'}, {size:,} bytes "
+            f"({size / original:.2f}x of {name})"
+        )
+    console.print("load it with `sie models promote <name>`; shadow it beside the original: docs/models.md")
+
+
+@models_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def report(ctx: typer.Context) -> None:
+    """Measure the ONNX models and their variants; write docs/models.md (benchmarks/models_report.py)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "models_report.py").is_file():
+        err_console.print("[red]sie models report needs a source checkout (benchmarks/ beside engine/)[/]")
+        raise typer.Exit(2)
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "benchmarks.models_report", *ctx.args], cwd=root))
 
 
 __all__ = ["Problem", "models_app"]

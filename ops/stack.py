@@ -21,6 +21,7 @@ from pydantic_core import to_json
 
 from engine.errors import EngineError
 from engine.settings import Settings
+from inference.repository import RepositoryError, errors, validate_repository
 from observability.tracing import otlp_traces_url
 from ops.embedded import (
     KafkaBroker,
@@ -174,6 +175,17 @@ def copy_model_repository(source: Path, work_dir: Path) -> Path:
     return target
 
 
+def refuse_invalid_models(repository: Path) -> None:
+    """Raise one :class:`RepositoryError` listing every error of the repository's models.
+
+    An ONNX graph whose inputs or outputs differ from its ``config.pbtxt`` is named here, before
+    Triton starts (Triton would refuse it too, inside its log).
+    """
+    found = [p for problems in validate_repository(repository).values() for p in errors(problems)]
+    if found:
+        raise RepositoryError(found)
+
+
 @dataclass(frozen=True)
 class StackPorts:
     """Ports of the local stack; ``sie up`` defaults follow each server's convention."""
@@ -282,6 +294,7 @@ def start_stack(
         create_topics(stack.broker.bootstrap, {t: topics.partitions for t in names})
         step(f"starting Triton Inference Server (gRPC {ports.triton_grpc}, HTTP {ports.triton_http})")
         served = copy_model_repository(model_repository, work_dir)
+        refuse_invalid_models(served)
         stack.triton = start_triton(
             served,
             logs,

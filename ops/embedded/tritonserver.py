@@ -7,6 +7,11 @@ looking up ``python3`` on ``PATH``; putting this venv's ``bin`` first on
 ``PATH`` gives it the venv's site-packages (numpy). The interpreter's own
 ``libpython`` dir goes on ``LD_LIBRARY_PATH`` so the stub links the same
 Python build. Startup with two small models takes ~3 s.
+
+ONNX models (``platform: "onnxruntime_onnx"``) are served by a Python-based
+backend named ``onnxruntime`` (inference/onnxruntime_backend.py, copied to
+``backends/onnxruntime/model.py``): ONNX Runtime inside the python backend, the
+repository's files and configs unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference import onnxruntime_backend
 from ops.embedded.process import (
     EmbeddedServerError,
     ManagedProcess,
@@ -33,6 +39,7 @@ from ops.embedded.process import (
 
 _SHM_PREFIX_ARG = "--backend-config=python,shm-region-prefix-name="
 _STUB = "triton_python_backend_stub"
+ONNX_BACKEND_SOURCE = Path(onnxruntime_backend.__file__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class TritonPaths:
     python_lib_dir: Path | None
 
     def prepare_backend_dir(self, work_dir: Path) -> Path:
-        """Assemble ``work_dir/backends/python`` (lib, utils, stub); return ``backends``."""
+        """Assemble ``work_dir/backends``: ``python`` (lib, utils, stub) and ``onnxruntime`` (model.py)."""
         backends = work_dir / "backends"
         python_dir = backends / "python"
         python_dir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +63,9 @@ class TritonPaths:
             target = python_dir / source.name
             if not target.exists() or target.stat().st_size != source.stat().st_size:
                 shutil.copy2(source, target)
+        onnx_dir = backends / "onnxruntime"
+        onnx_dir.mkdir(exist_ok=True)
+        shutil.copyfile(require_file(ONNX_BACKEND_SOURCE, "ONNX Runtime backend"), onnx_dir / "model.py")
         return backends
 
 

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.settings import Settings
-from ops.embedded import ManagedProcess, TritonProcess, free_port
+from engine.settings import RoutingSettings, Settings
+from ops.embedded import ManagedProcess, TritonProcess, create_topics, free_port
 from ops.eventgen import generate, load_profiles
 from tests.integration.conftest import MODEL_REPOSITORY, REPO, StartWorker
 from tests.integration.kafka import collect, produce
@@ -167,7 +167,12 @@ def _wait_for(api: Prometheus, expr: str, expected: float, timeout: float) -> fl
 def test_every_dashboard_panel_returns_data_from_a_live_worker_and_triton(
     stack_settings: Settings, workers: StartWorker, triton: TritonProcess, start_prometheus: Any
 ) -> None:
-    worker = workers(stack_settings)
+    # breast_cancer shadowed by its ONNX export: the shadow agreement panel has data too.
+    shadow_topic = f"{stack_settings.topics.events}.shadow"
+    create_topics(stack_settings.kafka.bootstrap_servers, {shadow_topic: 1})
+    shadows = {"breast_cancer": [{"model": "breast_cancer_onnx"}]}
+    routing = RoutingSettings.model_validate({"shadows": shadows, "shadow_topic": shadow_topic})
+    worker = workers(stack_settings.model_copy(update={"routing": routing}))
     api = start_prometheus(scrape_config(worker.settings.metrics_port, triton))
     deadline = time.monotonic() + 60
     while api.targets_up() != {"sie-workers": "up", "triton": "up"} and time.monotonic() < deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from tests.unit.deploy_support import (
+    MODEL_REPOSITORY,
     REPO,
     created_topics,
     env_mapping,
@@ -338,3 +340,45 @@ def test_every_variable_the_production_docs_name_is_a_setting() -> None:
     named = set(re.findall(r"\bSIE_[A-Z0-9_]*[A-Z0-9](?![A-Z0-9_*])", text))
     assert len(named) >= 10
     assert named <= settings_env_names(), named - settings_env_names()
+
+
+def gpu_config_from_docs() -> str:
+    """The ``config.pbtxt`` block that docs/models.md shows for GPU hosts (after ``<!-- gpu-config -->``)."""
+    text = (REPO / "docs" / "models.md").read_text()
+    block = re.search(r"<!-- gpu-config -->\s*```[a-z]*\n(.*?)```", text, re.DOTALL)
+    assert block is not None, "docs/models.md lost its GPU config block"
+    return block.group(1)
+
+
+def test_compose_triton_serves_the_onnx_models_with_its_onnxruntime_backend(services: dict[str, Any]) -> None:
+    from inference.repository import parse_config
+
+    loaded = {a.split("=", 1)[1] for a in services["triton"]["command"] if a.startswith("--load-model=")}
+    onnx_models = {m for m in loaded if m.endswith("_onnx")}
+    assert onnx_models == {"breast_cancer_onnx", "iris_onnx", "seq_trend_onnx"}
+    for name in onnx_models:
+        config = parse_config(MODEL_REPOSITORY / name / "config.pbtxt")
+        assert config.platform == "onnxruntime_onnx" and not config.backend  # the image's onnxruntime backend
+        assert (MODEL_REPOSITORY / name / "1" / "model.onnx").is_file()
+
+
+def test_documented_gpu_config_uses_kind_gpu_with_tensorrt_fp16_and_the_model_tensors(tmp_path: Path) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from inference.repository import parse_config, validate_model
+
+    gpu = text_format.Parse(gpu_config_from_docs(), mc.ModelConfig())
+    assert gpu.platform == "onnxruntime_onnx"
+    assert [g.kind for g in gpu.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    [accelerator] = gpu.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": "FP16"}
+    served = parse_config(MODEL_REPOSITORY / gpu.name / "config.pbtxt")
+    for field in ("input", "output", "max_batch_size", "dynamic_batching"):
+        assert getattr(gpu, field) == getattr(served, field), field
+    # Dropped into a copy of the model, it validates against the committed graph.
+    model_dir = tmp_path / gpu.name
+    (model_dir / "1").mkdir(parents=True)
+    shutil.copy(MODEL_REPOSITORY / gpu.name / "1" / "model.onnx", model_dir / "1" / "model.onnx")
+    (model_dir / "config.pbtxt").write_text(gpu_config_from_docs())
+    assert validate_model(model_dir) == []
