@@ -53,6 +53,7 @@ Batch = list[tuple[TPKey, list[Any]]]  # per partition, confluent Messages in of
 IDLE_POLL_S = 0.05  # longest a poll waits for a record (commands wait at most this long)
 WATCH_EVERY_S = 1.0
 ASSIGN_RETRY_MAX_S = 2.0
+CLOSE_TIMEOUT_S = 10.0
 
 
 class RebalanceListener(Protocol):
@@ -159,12 +160,20 @@ class GroupConsumer:
         parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         self._commands.append(lambda c: c.commit(offsets=parts, asynchronous=True))
 
-    async def close(self) -> None:
-        """Leave the group (a last revoke commits what is done) and stop the thread."""
+    async def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Leave the group (a last revoke commits what is done) and stop the thread.
+
+        librdkafka's close can block long after that revoke (seen for 40 s and more after a
+        broker restart); what matters is committed by then, so the stop goes on after
+        ``timeout`` and the daemon thread ends with the process.
+        """
         if not self._thread.is_alive():
             return
         self._closing.set()
-        await asyncio.shield(self._closed)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+        except TimeoutError:
+            log.warning("the Kafka consumer did not close within %.0fs; stopping without waiting", timeout)
 
     # -- the thread's side -----------------------------------------------------------------
 

@@ -1,5 +1,8 @@
-"""``python -m benchmarks.consumer_group``: committed-position lag, and the pause a joining and a
-leaving worker cause, per group protocol.
+"""``python -m benchmarks.consumer_path``: the Kafka consumer path of the engine, beside the raw loop.
+
+**Latency at fixed rates.** The engine with one worker and the raw confluent-kafka loop (no engine
+code), each offered 1,000 and 5,000 events/s in turn (alternating which goes first): end-to-end
+p50/p99 (producer hand-off to the output read back) and the broker's CPU per event answered.
 
 **Commit lag.** Two workers at a steady offered rate (1,000 events/s); every 0.5 s each worker's
 ``sie_commit_lag_seconds`` and ``sie_commit_lag_records`` are read per partition; the report
@@ -12,8 +15,8 @@ monitor reads every output and its latency (send to output read back). For each 
 the longest gap between two outputs and the worst latency in the seconds after it, beside the
 steady state before the join.
 
-The section between the ``consumer-group`` markers of docs/benchmarks.md is rewritten with both
-tables, and reports/bench/consumer_group.json written.
+The section between the ``consumer-path`` markers of docs/benchmarks.md is rewritten with the
+tables, and reports/bench/consumer_path.json written.
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from benchmarks.drain import process_cpu_s
 from benchmarks.run import REPO, bench_events, start_servers
-from benchmarks.systems import SystemSpec, fresh_settings
+from benchmarks.sweep import SweepConfig, Sweeper
+from benchmarks.systems import SYSTEMS, SystemSpec, fresh_settings, start_system
 from engine.settings import Settings
 from ops.loadgen import PacedProducer, PredictionMonitor, SendLog
 from ops.stack import start_worker, worker_settings
 
 PROTOCOLS = ("classic", "consumer")
-MARK_BEGIN, MARK_END = "<!-- consumer-group:begin -->", "<!-- consumer-group:end -->"
+MARK_BEGIN, MARK_END = "<!-- consumer-path:begin -->", "<!-- consumer-path:end -->"
+LATENCY_SYSTEMS = ("raw client bound", "engine, 1 worker")
 
 
 def _window(monitor: PredictionMonitor, start: float, end: float) -> dict[str, float]:
@@ -54,6 +60,41 @@ def _window(monitor: PredictionMonitor, start: float, end: float) -> dict[str, f
         "p99_ms": round(float(p99), 1),
         "max_ms": round(float(worst), 1),
     }
+
+
+def fixed_rate_latency(
+    base: Settings, work: Path, broker_pid: int, rates: Sequence[float], seconds: float, console: Console
+) -> list[dict[str, Any]]:
+    """Each of :data:`LATENCY_SYSTEMS` at each rate (the order alternating): latency and broker CPU."""
+    specs = {s.name: s for s in SYSTEMS}
+    rows = []
+    for n, rate in enumerate(rates):
+        order = LATENCY_SYSTEMS if n % 2 == 0 else tuple(reversed(LATENCY_SYSTEMS))
+        for name in order:
+            system = start_system(specs[name], base, work)
+            sweeper = Sweeper(
+                system, bench_events(seed=21 + n), SweepConfig(level_s=seconds, warmup_s=2.0), console.print
+            )
+            try:
+                sweeper.prime()
+                cpu, answered = process_cpu_s([broker_pid]), sweeper.answered
+                level = sweeper.run_level(rate, seconds)
+                broker_us = (process_cpu_s([broker_pid]) - cpu) * 1e6 / max(sweeper.answered - answered, 1)
+            finally:
+                sweeper.close()
+                system.stop()
+            rows.append(
+                {
+                    "system": name,
+                    "offered_per_s": rate,
+                    "achieved_per_s": level.achieved,
+                    "p50_ms": round(level.p50_ms, 2),
+                    "p99_ms": round(level.p99_ms, 2),
+                    "broker_cpu_us_per_event": round(broker_us, 1),
+                }
+            )
+            console.print(json.dumps(rows[-1]))
+    return rows
 
 
 def partition_samples(url: str, name: str) -> list[float]:
@@ -164,10 +205,34 @@ def measure(
     }
 
 
-def markdown(lag: dict[str, Any], results: Sequence[dict[str, Any]], machine_note: str) -> str:
+def markdown(
+    latency: Sequence[dict[str, Any]],
+    lag: dict[str, Any],
+    results: Sequence[dict[str, Any]],
+    machine_note: str,
+) -> str:
     """The docs section."""
     lines = [
         MARK_BEGIN,
+        "## Latency at fixed rates, engine against the raw loop",
+        "",
+        "One worker (defaults) and the raw confluent-kafka consume-produce loop, each offered the rate "
+        "in turn (the order alternating per rate); end-to-end latency from producer hand-off to the "
+        "output read back, and the broker's CPU per event answered (the load generator's produce and "
+        "read-back included, the same for both). Targets: engine p99 <= 15 ms, and within 10 ms of the "
+        "raw loop's. " + machine_note,
+        "",
+        "| offered/s | system | achieved/s | p50 ms | p99 ms | broker CPU µs/event |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in latency:
+        rate, achieved = f"{row['offered_per_s']:,.0f}", f"{row['achieved_per_s']:,.0f}"
+        lines.append(
+            f"| {rate} | {row['system']} | {achieved} | {row['p50_ms']} | {row['p99_ms']} | "
+            f"{row['broker_cpu_us_per_event']} |"
+        )
+    lines += [
+        "",
         "## Committed-position lag",
         "",
         f"Two workers (defaults: commit every 0.25 s) at {lag['rate_per_s']:,.0f} events/s for "
@@ -183,7 +248,7 @@ def markdown(lag: dict[str, Any], results: Sequence[dict[str, Any]], machine_not
         "",
         f"One worker at {results[0]['rate_per_s']:,.0f} events/s offered; a second worker joins, later "
         "leaves (SIGTERM). Per phase: the longest gap between two outputs and output latency (send to "
-        "output read back). `python -m benchmarks.consumer_group` regenerates this section. " + machine_note,
+        "output read back). `python -m benchmarks.consumer_path` regenerates this section.",
         "",
         "| protocol | phase | outputs | longest gap ms | p50 ms | p99 ms | max ms |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -209,7 +274,9 @@ def write_section(docs: Path, section: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both protocols and write the section and reports/bench/rebalance.json."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.consumer_group", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.consumer_path", description=__doc__)
+    parser.add_argument("--latency-rates", type=float, nargs="+", default=[1000.0, 5000.0])
+    parser.add_argument("--latency-s", type=float, default=20.0, help="seconds of each fixed-rate level")
     parser.add_argument("--rate", type=float, default=5000.0, help="offered rate of the rebalance runs")
     parser.add_argument("--lag-rate", type=float, default=1000.0, help="offered rate of the commit-lag run")
     parser.add_argument("--lag-s", type=float, default=60.0, help="seconds of the commit-lag run")
@@ -220,10 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     console = Console()
-    work = args.out / "consumer-group-work"
+    work = args.out / "consumer-path-work"
     work.mkdir(parents=True, exist_ok=True)
     broker, triton, base = start_servers(work, 4)
     try:
+        latency = fixed_rate_latency(
+            base, work, broker.process.pid, args.latency_rates, args.latency_s, console
+        )
         lag = commit_lag(base, work, args.lag_rate, args.lag_s, console)
         console.print(json.dumps(lag))
         results = []
@@ -234,9 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         triton.stop()
         broker.stop()
-    report = args.out / "consumer_group.json"
-    report.write_text(json.dumps({"commit_lag": lag, "rebalance": results}, indent=2) + "\n")
-    write_section(args.docs, markdown(lag, results, args.note))
+    report = args.out / "consumer_path.json"
+    report.write_text(
+        json.dumps({"latency": latency, "commit_lag": lag, "rebalance": results}, indent=2) + "\n"
+    )
+    write_section(args.docs, markdown(latency, lag, results, args.note))
     console.print(f"[green]wrote[/] {args.docs} and {report}")
     return 0
 
