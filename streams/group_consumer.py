@@ -239,9 +239,9 @@ class GroupConsumer:
                 parts[key] = [m]
             else:
                 part.append(m)
-        if not parts:
-            return
         batch = [(k, v) for k, v in parts.items() if k in self._assignment]
+        if not batch:
+            return
         with self._lock:
             self._buffer.append(batch)
             self._buffered += sum(len(v) for _, v in batch)
