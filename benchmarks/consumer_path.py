@@ -15,15 +15,14 @@ monitor reads every output and its latency (send to output read back). For each 
 the longest gap between two outputs and the worst latency in the seconds after it, beside the
 steady state before the join.
 
-The section between the ``consumer-path`` markers of docs/benchmarks.md is rewritten with the
-tables, and reports/bench/consumer_path.json written.
+Its tables are a kept section of docs/benchmarks.md (``make bench`` leaves it in place), and
+reports/bench/consumer_path.json is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from benchmarks.drain import process_cpu_s
+from benchmarks.report import put_section
 from benchmarks.run import REPO, bench_events, start_servers
 from benchmarks.sweep import SweepConfig, Sweeper
 from benchmarks.systems import SYSTEMS, SystemSpec, fresh_settings, start_system
@@ -43,7 +43,6 @@ from ops.loadgen import PacedProducer, PredictionMonitor, SendLog
 from ops.stack import start_worker, worker_settings
 
 PROTOCOLS = ("classic", "consumer")
-MARK_BEGIN, MARK_END = "<!-- consumer-path:begin -->", "<!-- consumer-path:end -->"
 LATENCY_SYSTEMS = ("raw client bound", "engine, 1 worker")
 
 
@@ -213,7 +212,6 @@ def markdown(
 ) -> str:
     """The docs section."""
     lines = [
-        MARK_BEGIN,
         "## Latency at fixed rates, engine against the raw loop",
         "",
         "One worker (defaults) and the raw confluent-kafka consume-produce loop, each offered the rate "
@@ -260,16 +258,7 @@ def markdown(
                 f"| {r['protocol']} | {phase} | {w['outputs']:,} | {w['longest_gap_ms']} | {w['p50_ms']} | "
                 f"{w['p99_ms']} | {w['max_ms']} |"
             )
-    lines.append(MARK_END)
     return "\n".join(lines)
-
-
-def write_section(docs: Path, section: str) -> None:
-    """Replace the marked section of ``docs`` (or append it)."""
-    text = docs.read_text() if docs.exists() else ""
-    pattern = re.compile(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    docs.write_text(text.rstrip() + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -308,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.write_text(
         json.dumps({"latency": latency, "commit_lag": lag, "rebalance": results}, indent=2) + "\n"
     )
-    write_section(args.docs, markdown(latency, lag, results, args.note))
+    put_section(args.docs, "consumer-path", markdown(latency, lag, results, args.note))
     console.print(f"[green]wrote[/] {args.docs} and {report}")
     return 0
 
