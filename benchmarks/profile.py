@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from benchmarks.drain import CpuWindow, drain_rate, preload, process_cpu_s, read_outputs
+from benchmarks.report import put_section
 from benchmarks.run import REPO, bench_events, start_servers, wipe_broker_data
 from benchmarks.systems import SYSTEMS, fresh_settings, metric_totals, start_system
 
@@ -100,6 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=("json", "binary"), default="json")
     parser.add_argument("--system", default="engine, 1 worker", help="a system name of benchmarks/systems.py")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "profile")
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=None,
+        help="also put the stage shares in this Markdown file (a kept section)",
+    )
     a = parser.parse_args(argv)
     beside = Path(sys.executable).parent / "py-spy"
     spy = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
@@ -158,7 +165,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = head + summarize(collapsed.read_text() if collapsed.exists() else "")
     (a.out / f"{a.format}.summary.txt").write_text(summary)
     print(summary)
+    if a.docs is not None:
+        put_section(
+            a.docs,
+            f"profile-{a.format}",
+            stage_table(head, collapsed.read_text() if collapsed.exists() else ""),
+        )
     return 0
+
+
+def stage_table(head: str, collapsed: str) -> str:
+    """The Markdown section: the run's headline and each stage's share of the samples."""
+    lines = [
+        "## Where a draining worker's time goes",
+        "",
+        "`python -m benchmarks.profile --docs docs/benchmarks.md` (py-spy, 250 samples/s, every "
+        f"thread): {head.strip()}",
+        "",
+        "| stage | share of samples |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {100 * share:.1f}% |" for name, share in stages(collapsed)]
+    return "\n".join(lines)
 
 
 def mean_batch_size(metrics_urls: list[str]) -> str:
