@@ -1,7 +1,8 @@
 """The naive baseline: a Faust agent sending one Triton request per event and awaiting it.
 
-What a user writes first. Run as ``python -m benchmarks.naive_agent`` with the
-same ``SIE_*`` settings as a worker.
+What a user writes first: stock Faust with its default Kafka driver (aiokafka), none of the
+engine's code. Run as ``python -m benchmarks.naive_agent`` with the same ``SIE_*`` settings as a
+worker (plaintext brokers only).
 """
 
 from __future__ import annotations
@@ -14,13 +15,23 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
 from engine.settings import Settings
-from streams.app import create_app
 
 
 def build(settings: Settings) -> faust.App:
     """A Faust app with one agent: decode, infer, send, per event."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    kafka = settings.kafka
+    app = faust.App(
+        kafka.group_id,
+        broker=";".join(f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(",")),
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        web_enabled=False,
+        value_serializer="raw",
+        key_serializer="raw",
+        datadir=str(settings.data_dir / "faust"),
+        loghandlers=[],
+    )
     source = app.topic(settings.topics.events, key_type=bytes, value_type=bytes)
     sink = app.topic(settings.topics.predictions, key_type=bytes, value_type=bytes)
     client: dict[str, Any] = {}
