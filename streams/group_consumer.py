@@ -11,9 +11,12 @@ at low rates that is pure latency. The thread takes what is already fetched with
 ``consume(n, 0)`` and, when there is nothing, waits in ``poll(timeout)``, which returns as soon as
 one record arrives; the records right behind it are taken by the next ``consume(n, 0)``.
 
-**Backpressure.** While more than ``max_buffered`` records wait for the loop, the thread pauses
-its partitions (librdkafka drops what it prefetched and fetches again from the position after
-the last record handed out on resume) and keeps polling, so rebalances are served meanwhile.
+**Backpressure.** While ``max_buffered`` records wait for the loop, the thread stops taking
+records and waits for the loop to take them (librdkafka's own prefetch is bounded by
+``queued.max.messages.kbytes``). If the buffer stays full for ``PAUSE_AFTER_S`` (Triton down, a
+slow model), it pauses its partitions and goes on polling, so rebalances are served meanwhile;
+it resumes them once the loop has taken half. Pausing at every full buffer cost a third of the
+drain rate: librdkafka drops what it prefetched on a pause and fetches it again on resume.
 
 **Committed positions** (see ``shared/notes/broker-freeze.md`` for why each rule is there):
 
@@ -51,6 +54,8 @@ TPKey = tuple[str, int]  # (topic, partition)
 Batch = list[tuple[TPKey, list[Any]]]  # per partition, confluent Messages in offset order
 
 IDLE_POLL_S = 0.05  # longest a poll waits for a record (commands wait at most this long)
+PAUSE_AFTER_S = 1.0  # a buffer full this long pauses the partitions (see Backpressure)
+ROOM_WAIT_S = 0.01  # how long the thread waits for room at a time while the buffer is full
 WATCH_EVERY_S = 1.0
 ASSIGN_RETRY_MAX_S = 2.0
 CLOSE_TIMEOUT_S = 10.0
@@ -119,6 +124,8 @@ class GroupConsumer:
         self._closed: asyncio.Future[None] = loop.create_future()
         self._assignment: frozenset[TPKey] = frozenset()  # replaced, never changed: read by the loop
         self._paused = False
+        self._full_since: float | None = None
+        self._room = threading.Event()  # set by the loop when it takes the buffer
         self._watch: dict[TPKey, _Watch] = {}
         self._high: dict[TPKey, int] = {}
         self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
@@ -149,6 +156,7 @@ class GroupConsumer:
                 self._wake_pending = False
                 self._arrived.clear()
             if batches:
+                self._room.set()
                 break
             await self._arrived.wait()
         if len(batches) == 1:
@@ -205,7 +213,9 @@ class GroupConsumer:
         while not self._closing.is_set():
             while self._commands:
                 self._command(consumer, self._commands.popleft())
-            self._flow(consumer)
+            if not self._flow(consumer):
+                self._room.wait(ROOM_WAIT_S)  # full: wait for the loop to take the buffer
+                continue
             messages = consumer.consume(self._batch_max, 0)
             if not messages:
                 first = consumer.poll(IDLE_POLL_S)
@@ -255,16 +265,28 @@ class GroupConsumer:
         if err.code() != KafkaError._PARTITION_EOF:
             log.warning("Kafka consumer: %s", err)
 
-    def _flow(self, consumer: Consumer) -> None:
+    def _flow(self, consumer: Consumer) -> bool:
+        """Whether to take records now; pauses or resumes the partitions (see Backpressure)."""
         with self._lock:
-            full = self._buffered >= self._max_buffered
-            drained = self._buffered <= self._max_buffered // 2
-        if full and not self._paused:
+            buffered = self._buffered
+            if buffered >= self._max_buffered:
+                self._room.clear()
+        if buffered < self._max_buffered:
+            self._full_since = None
+            if self._paused and buffered <= self._max_buffered // 2:
+                consumer.resume([TopicPartition(t, p) for t, p in self._assignment])
+                self._paused = False
+                now = time.monotonic()
+                for watch in self._watch.values():  # paused is not stalled: the watchdog starts over
+                    watch.since = now
+            return True
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        if not self._paused and now - self._full_since >= PAUSE_AFTER_S:
             consumer.pause([TopicPartition(t, p) for t, p in self._assignment])
             self._paused = True
-        elif self._paused and drained:
-            consumer.resume([TopicPartition(t, p) for t, p in self._assignment])
-            self._paused = False
+        return self._paused  # paused: polls serve callbacks (no records come); else wait for room
 
     def _call(self, coro: Awaitable[Any], timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
