@@ -59,6 +59,12 @@ ROOM_WAIT_S = 0.01  # how long the thread waits for room at a time while the buf
 WATCH_EVERY_S = 1.0
 ASSIGN_RETRY_MAX_S = 2.0
 CLOSE_TIMEOUT_S = 10.0
+# Lost every partition and not assigned again for this long: the client joins with a new consumer.
+REJOIN_AFTER_S = 30.0
+
+
+class _Rejoin(Exception):
+    """Raised in the consumer thread to replace a client that does not join its group again."""
 
 
 class RebalanceListener(Protocol):
@@ -101,6 +107,8 @@ class GroupConsumer:
         on_commit: Callable[[dict[TPKey, int], KafkaError | None], None] | None = None,
         on_stall: Callable[[TPKey], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
+        rejoin_after_s: float = REJOIN_AFTER_S,
+        new_consumer: Callable[[dict[str, Any]], Consumer] = Consumer,
     ) -> None:
         self._config = dict(config) | {"on_commit": self._committed_cb}
         self._topics = topics
@@ -114,6 +122,9 @@ class GroupConsumer:
         self._on_commit = on_commit
         self._on_stall = on_stall
         self._on_failure = on_failure
+        self._rejoin_after_s = rejoin_after_s
+        self._new_consumer = new_consumer
+        self._lost_at: float | None = None  # when the last partition was lost (no revoke)
         self._lock = threading.Lock()
         self._buffer: deque[Batch] = deque()
         self._buffered = 0
@@ -188,11 +199,20 @@ class GroupConsumer:
     def _run(self) -> None:
         consumer = None
         try:
-            consumer = Consumer(self._config)
-            consumer.subscribe(
-                self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-            )
-            self._loop_until_closed(consumer)
+            while True:
+                consumer = self._subscribed()
+                try:
+                    self._loop_until_closed(consumer)
+                    break
+                except _Rejoin:
+                    # The group coordinator connection of this client is wedged (seen after a
+                    # broker freeze: a request waits in its out-queue for good, the member never
+                    # joins again). A new client joins; the old one leaves the group in the
+                    # background, since its close may block as long.
+                    old, consumer = consumer, None
+                    threading.Thread(
+                        target=self._close, args=(old,), name="kafka-consumer-close", daemon=True
+                    ).start()
         except Exception as err:
             log.exception("the Kafka consumer thread failed")
             if self._on_failure is not None and not self._closing.is_set():
@@ -201,6 +221,14 @@ class GroupConsumer:
             if consumer is not None:
                 self._close(consumer)
             self._loop.call_soon_threadsafe(_resolve, self._closed)
+
+    def _subscribed(self) -> Consumer:
+        consumer = self._new_consumer(self._config)
+        consumer.subscribe(
+            self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        self._lost_at = None
+        return consumer
 
     def _close(self, consumer: Consumer) -> None:
         try:
@@ -311,6 +339,7 @@ class GroupConsumer:
         if self._paused:
             consumer.pause([TopicPartition(t, p) for t, p in starts])
         self._assignment = self._assignment | set(starts)
+        self._lost_at = None
         for key, offset in starts.items():
             self._watch[key] = _Watch(offset)
         log.info("assigned %s", _describe(starts))
@@ -361,6 +390,8 @@ class GroupConsumer:
         tps = [(tp.topic, tp.partition) for tp in partitions]
         self._drop_buffered(set(tps))
         self._release(tps)
+        if not self._assignment:
+            self._lost_at = time.monotonic()
         log.warning("partitions lost (session expired): %s", tps)
         self._call(self._listener.lost(tps))
 
@@ -391,6 +422,12 @@ class GroupConsumer:
 
     def _watchdog(self, consumer: Consumer, now: float) -> None:
         if not self._assignment:
+            if self._lost_at is not None and now - self._lost_at >= self._rejoin_after_s:
+                log.warning(
+                    "no partition assigned %.0fs after the group session was lost; joining with a new client",
+                    now - self._lost_at,
+                )
+                raise _Rejoin
             return
         tps = [TopicPartition(t, p) for t, p in self._assignment]
         for tp in consumer.position(tps):

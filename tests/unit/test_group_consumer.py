@@ -190,3 +190,49 @@ async def test_a_stale_wake_up_after_the_records_were_taken_does_not_spin_the_ev
     group._accept([FakeMessage("events", 0, 1)])
     batch = await asyncio.wait_for(group.take(), 1)
     assert [m.offset() for _, ms in batch for m in ms] == [1]
+
+
+async def test_a_client_that_lost_its_partitions_and_is_not_assigned_again_joins_anew() -> None:
+    """After a broker freeze a librdkafka client's coordinator connection was seen wedged: the
+    member never joined again and its partitions sat unowned. Past rejoin_after_s the thread
+    replaces the client (a new one subscribes; the old one closes in the background)."""
+    listener = Listener()
+    group = GroupConsumer({}, ["events"], listener, asyncio.get_running_loop(), rejoin_after_s=30.0)
+    fake = ScriptedConsumer([{("events", 0): 5}])
+    await in_thread(group._on_assign, fake, [TopicPartition("events", 0)])
+    await in_thread(group._on_lost, fake, [TopicPartition("events", 0)])
+    assert group._lost_at is not None
+    group._watchdog(fake, group._lost_at + 29.0)  # within the limit: nothing happens
+    with pytest.raises(group_consumer._Rejoin):
+        group._watchdog(fake, group._lost_at + 30.0)
+    fake2 = ScriptedConsumer([{("events", 0): 9}])
+    await in_thread(group._on_assign, fake2, [TopicPartition("events", 0)])
+    assert group._lost_at is None  # assigned again: no rejoin
+
+
+async def test_the_thread_replaces_a_client_that_must_join_anew() -> None:
+    made: list[Any] = []
+
+    class Client:
+        def __init__(self, config: dict[str, Any]) -> None:
+            self.closed = False
+            made.append(self)
+
+        def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+            return None
+
+        def close(self) -> None:
+            self.closed = True
+
+    group = GroupConsumer({}, ["events"], Listener(), asyncio.get_running_loop(), new_consumer=Client)  # type: ignore[arg-type]
+    rounds = iter([group_consumer._Rejoin(), None])
+
+    def loop_once(consumer: Any) -> None:
+        step = next(rounds)
+        if step is not None:
+            raise step
+
+    group._loop_until_closed = loop_once  # type: ignore[method-assign]
+    await asyncio.get_running_loop().run_in_executor(None, group._run)
+    await asyncio.sleep(0.1)
+    assert len(made) == 2 and made[0].closed and made[1].closed
