@@ -20,7 +20,7 @@ Pure logic, no Kafka: ``streams/`` feeds it from the consumer, the unit tests fr
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -42,12 +42,11 @@ class Chunk:
 class PartitionPositions:
     """Chunks of one partition from its committed position on, and the positions they give."""
 
-    __slots__ = ("start", "committed", "_chunks", "_counted", "_handed", "_done_to", "_in_flight")
+    __slots__ = ("committed", "_chunks", "_counted", "_handed", "_done_to", "_in_flight")
 
     def __init__(self, start: int) -> None:
-        #: The position the partition was assigned at (the group's committed offset or the reset).
-        self.start = start
-        #: The last position the broker confirmed as committed (``start`` until the first commit).
+        #: The last position the broker confirmed as committed; until the first commit, ``start``
+        #: (where the partition was assigned: the group's committed offset or the reset).
         self.committed = start
         self._chunks: deque[Chunk] = deque()  # from the committed position on, in offset order
         self._counted = 0  # chunks at the front of ``_chunks`` that are done and in ``_done_to``
@@ -141,9 +140,6 @@ class Positions:
 
     def __contains__(self, tp: TP) -> bool:
         return tp in self._parts
-
-    def __iter__(self) -> Iterator[TP]:
-        return iter(list(self._parts))
 
     def items(self) -> list[tuple[TP, PartitionPositions]]:
         """The partitions and their records (a copy: safe to change while iterating)."""
