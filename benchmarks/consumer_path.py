@@ -41,6 +41,7 @@ from benchmarks.systems import SYSTEMS, SystemSpec, fresh_settings, start_system
 from engine.settings import Settings
 from ops.loadgen import PacedProducer, PredictionMonitor, SendLog
 from ops.stack import start_worker, worker_settings
+from streams.kafka_config import client_config, consumer_config
 
 PROTOCOLS = ("classic", "consumer")
 LATENCY_SYSTEMS = ("raw client bound", "engine, 1 worker")
@@ -116,7 +117,7 @@ def commit_lag(base: Settings, work: Path, rate: float, seconds: float, console:
     for w in workers:
         w.wait_ready(timeout=120)
     producer = PacedProducer(
-        settings.kafka.confluent_config(), settings.topics.events, bench_events(seed=5), rate, SendLog()
+        client_config(settings.kafka), settings.topics.events, bench_events(seed=5), rate, SendLog()
     )
     producer.start()
     worst_s: list[float] = []
@@ -163,7 +164,7 @@ def measure(
     first.wait_ready(timeout=120)
     log = SendLog()
     monitor = PredictionMonitor(
-        settings.kafka.consumer_config(),
+        consumer_config(settings.kafka),
         settings.topics.predictions,
         settings.topics.dlq,
         log,
@@ -171,7 +172,7 @@ def measure(
     )
     monitor.start()
     producer = PacedProducer(
-        settings.kafka.confluent_config(), settings.topics.events, bench_events(seed=11), rate, log
+        client_config(settings.kafka), settings.topics.events, bench_events(seed=11), rate, log
     )
     producer.start()
     second = None

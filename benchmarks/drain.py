@@ -24,6 +24,7 @@ from confluent_kafka import Consumer
 from benchmarks.systems import SystemSpec, fresh_settings, start_system
 from engine.settings import Settings
 from ops.eventgen import GeneratedEvent
+from streams.kafka_config import client_config, consumer_config
 from streams.kafka_tools import produce_all
 
 MIDDLE = 0.8  # share of the outputs the rate is measured over
@@ -63,7 +64,7 @@ def drain_rate(stamps_ms: Sequence[float], middle: float = MIDDLE) -> tuple[floa
 def preload(settings: Settings, events: Iterator[GeneratedEvent], n: int) -> None:
     """Write ``n`` events (with their headers) to the input topic and wait until the broker has them all."""
     items = ((ev.value, ev.key, ev.headers) for ev in islice(events, n))
-    acked = produce_all(settings.kafka.confluent_config(), settings.topics.events, items)
+    acked = produce_all(client_config(settings.kafka), settings.topics.events, items)
     if acked != n:
         raise RuntimeError(f"{n - acked} preloaded events were not acknowledged by the broker")
 
@@ -116,7 +117,7 @@ def read_outputs(
     so the marks land within a few milliseconds of the outputs they stand for).
     """
     consumer = Consumer(
-        settings.kafka.consumer_config()
+        consumer_config(settings.kafka)
         | {
             "group.id": f"{settings.kafka.group_id}-drain-reader",
             "auto.offset.reset": "earliest",

@@ -12,6 +12,7 @@ from types import FrameType
 from confluent_kafka import Consumer, Producer
 
 from engine.settings import Settings
+from streams.kafka_config import client_config, consumer_config
 
 _running = True
 
@@ -24,10 +25,10 @@ def _stop(_signum: int, _frame: FrameType | None) -> None:
 def main() -> None:
     """Copy every input value to the output topic until SIGTERM."""
     settings = Settings()
-    config = settings.kafka.confluent_config()
+    config = client_config(settings.kafka)
     consumer = Consumer(
         {
-            **settings.kafka.consumer_config(),
+            **consumer_config(settings.kafka),
             "group.id": settings.kafka.group_id,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": int(settings.kafka.session_timeout_s * 1000),

@@ -34,6 +34,7 @@ from ops.embedded import KafkaBroker, TritonProcess, create_topics, free_port, s
 from ops.eventgen import GeneratedEvent, generate, load_profiles
 from ops.loadgen import PacedProducer, SendLog
 from ops.stack import copy_model_repository
+from streams.kafka_config import client_config, consumer_config
 
 __all__ = ["MODEL", "PARTITIONS", "REPO", "bench_events", "main", "start_servers", "targets"]
 
@@ -226,9 +227,9 @@ def warm_up_broker(base: Settings, seconds: float = WARMUP_S, rate: float = WARM
     """Paced produce and a group consumer on a throwaway topic for ``seconds``; returns records read."""
     topic = "bench-warmup"
     create_topics(base.kafka.bootstrap_servers, {topic: base.topics.partitions})
-    producer = PacedProducer(base.kafka.confluent_config(), topic, bench_events(seed=3), rate, SendLog())
+    producer = PacedProducer(client_config(base.kafka), topic, bench_events(seed=3), rate, SendLog())
     consumer = Consumer(
-        base.kafka.consumer_config()
+        consumer_config(base.kafka)
         | {"group.id": topic, "auto.offset.reset": "earliest", "enable.auto.commit": False}
     )
     consumer.subscribe([topic])

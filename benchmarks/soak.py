@@ -33,6 +33,7 @@ from benchmarks.systems import RunningSystem, SystemSpec, metric_totals, start_s
 from engine.settings import Settings
 from ops.eventgen import GeneratedEvent, generate, load_profiles
 from ops.loadgen import PacedProducer, PredictionMonitor, SendLog
+from streams.kafka_config import client_config, consumer_config
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,11 @@ class SteadyRun:
     def __init__(self, system: RunningSystem, events: Iterator[GeneratedEvent], pids: dict[str, int]) -> None:
         settings = system.settings
         self._system, self._events, self._pids = system, events, pids
-        self._config = settings.kafka.confluent_config()
+        self._config = client_config(settings.kafka)
         self._topic = settings.topics.events
         self.log = SendLog(max_age_s=600.0)
         self.monitor = PredictionMonitor(
-            settings.kafka.consumer_config(), settings.topics.predictions, settings.topics.dlq, self.log
+            consumer_config(settings.kafka), settings.topics.predictions, settings.topics.dlq, self.log
         )
         self.monitor.start()
 

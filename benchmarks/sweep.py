@@ -11,6 +11,7 @@ import numpy as np
 from benchmarks.systems import RunningSystem
 from ops.eventgen import GeneratedEvent
 from ops.loadgen import PacedProducer, PredictionMonitor, SendLog
+from streams.kafka_config import client_config, consumer_config
 
 # Outstanding events (sent, not yet answered) that still count as "no backlog".
 DRAINED_EVENTS = 5
@@ -79,11 +80,11 @@ class Sweeper:
     ) -> None:
         self._system, self._events, self._cfg, self._progress = system, events, config, progress
         topics = system.settings.topics
-        self._config, self._topic = system.settings.kafka.confluent_config(), topics.events
+        self._config, self._topic = client_config(system.settings.kafka), topics.events
         self._log = SendLog()
         # The reader uses the systems' own consumer settings: Kafka answers a fetch as soon as a
         # record is there, so its fetch wait bounds only idle polls and adds nothing to latency.
-        consumer = system.settings.kafka.consumer_config()
+        consumer = consumer_config(system.settings.kafka)
         self._monitor = PredictionMonitor(consumer, topics.predictions, topics.dlq, self._log)
         self._monitor.start()
 

@@ -49,48 +49,16 @@ class KafkaSettings(BaseModel):
     # past it is stalled; its fetch is restarted (sie_partition_fetch_restarts_total).
     stall_after_s: float = Field(10.0, gt=0)
 
-    def confluent_config(self) -> dict[str, str]:
-        """librdkafka properties for the connection and security settings."""
-        cfg: dict[str, str] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.security_protocol.lower(),
-        }
-        optional = {
-            "ssl.ca.location": self.ssl_cafile,
-            "ssl.certificate.location": self.ssl_certfile,
-            "ssl.key.location": self.ssl_keyfile,
-            "sasl.mechanism": self.sasl_mechanism,
-            "sasl.username": self.sasl_username,
-        }
-        cfg.update({k: str(v) for k, v in optional.items() if v is not None})
-        if self.ssl_key_password is not None:
-            cfg["ssl.key.password"] = self.ssl_key_password.get_secret_value()
-        if self.sasl_password is not None:
-            cfg["sasl.password"] = self.sasl_password.get_secret_value()
-        return cfg
-
-    def consumer_config(self) -> dict[str, str]:
-        """librdkafka properties for a consumer (connection, security, fetch wait)."""
-        return self.confluent_config() | {"fetch.wait.max.ms": str(self.fetch_max_wait_ms)}
-
-    def group_consumer_config(self, client_id: str) -> dict[str, str]:
-        """librdkafka properties for the workers' group consumer: positions are committed by the
-        worker (never automatically), for records whose outputs the broker acknowledged."""
-        cfg = self.consumer_config() | {
-            "group.id": self.group_id,
-            "client.id": client_id,
-            "enable.auto.commit": "false",
-            "enable.auto.offset.store": "false",
-            "auto.offset.reset": self.auto_offset_reset,
-            "group.protocol": self.group_protocol,
-        }
-        if self.group_protocol == "classic":
-            cfg |= {
-                "partition.assignment.strategy": "cooperative-sticky",
-                "session.timeout.ms": str(int(self.session_timeout_s * 1000)),
-                "heartbeat.interval.ms": str(int(self.heartbeat_interval_s * 1000)),
-            }
-        return cfg
+    # "at_least_once": positions are committed after the outputs are acknowledged (a fault may
+    # answer some events twice); "exactly_once": outputs, dead letters and positions are written in
+    # one Kafka transaction per transaction interval (docs/exactly-once.md).
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # exactly_once: how often the transaction is committed (bounds a read_committed reader's latency).
+    transaction_interval_s: float = Field(0.1, gt=0)
+    # exactly_once: the broker aborts a transaction open this long (a dead worker's: until then a
+    # read_committed reader waits at its first output). A worker aborts its own transaction when
+    # its pipeline has not emptied within a third of it (Triton down), and processes it again.
+    transaction_timeout_s: float = Field(60.0, gt=0)
 
 
 class TopicSettings(BaseModel):

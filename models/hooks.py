@@ -150,12 +150,12 @@ async def build_model_hooks(
     backend: InferenceBackend,
     version_gauge: Gauge,
     registry: CollectorRegistry,
-    make_sink: Callable[[dict[str, str]], Sink],
+    make_sink: Callable[[], Sink],
 ) -> ModelObserver:
     """Wire the observer for one worker (called once the backend serves models).
 
-    ``make_sink(producer_config)`` builds the sink of shadow predictions (the composition root passes
-    the Kafka one).
+    ``make_sink()`` gives the sink of shadow predictions (the composition root passes the Kafka one:
+    a producer of its own, or the worker's transactional sink under exactly-once).
     """
     for problem in router.problems(specs):
         log.error("%s", problem)
@@ -168,7 +168,7 @@ async def build_model_hooks(
         observer.drift = DriftMonitor(references, settings.drift, on_report=observer.publish_drift)
         log.info("drift monitoring for %s", sorted(references))
     if router.has_shadows:
-        sink = make_sink(settings.kafka.confluent_config() | {"linger.ms": str(settings.kafka.linger_ms)})
+        sink = make_sink()
         routing = settings.routing
         agreement = ShadowAgreement(
             metrics, routing.shadow_min_agreement, routing.shadow_default_min_agreement

@@ -69,9 +69,15 @@ class EngineMetrics:
     commit_lag_seconds: Gauge
     commit_failures: Counter
     fetch_restarts: Counter
+    # Exactly-once (streams/exactly_once.py): one transaction per transaction interval.
+    transactions: Counter
+    transaction_aborts: Counter
+    transaction_seconds: Histogram
+    transaction_records: Histogram
 
 
 TP_LABELS = ("topic", "partition")
+TRANSACTION_RECORD_BUCKETS = (0.0, 1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
 
 
 def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> EngineMetrics:
@@ -152,7 +158,49 @@ def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> Engin
             "Assigned partitions found not fetching while records waited, and restarted.",
             TP_LABELS,
         ),
+        transactions=counter(
+            "transactions", "Exactly-once transactions ended, by outcome (committed, aborted).", ("outcome",)
+        ),
+        transaction_aborts=counter(
+            "transaction_aborts",
+            "Exactly-once transactions aborted, by reason (delivery_failed, partitions_lost, "
+            "commit_failed, revoke_timeout, fenced); their records are processed again.",
+            ("reason",),
+        ),
+        transaction_seconds=Histogram(
+            "transaction_seconds",
+            "Time from a transaction's begin to its commit (the interval, the wait for the "
+            "pipeline to empty and the commit itself).",
+            namespace=namespace,
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        ),
+        transaction_records=Histogram(
+            "transaction_records",
+            "Outputs (predictions, dead letters) written per committed transaction.",
+            namespace=namespace,
+            registry=registry,
+            buckets=TRANSACTION_RECORD_BUCKETS,
+        ),
     )
+
+
+class TransactionMetricsAdapter:
+    """:class:`streams.exactly_once.TransactionMetrics` on the worker's Prometheus metrics."""
+
+    def __init__(self, metrics: EngineMetrics) -> None:
+        self._m = metrics
+
+    def committed(self, seconds: float, records: int) -> None:
+        """A transaction with ``records`` outputs was committed after ``seconds`` open."""
+        self._m.transactions.labels("committed").inc()
+        self._m.transaction_seconds.observe(seconds)
+        self._m.transaction_records.observe(records)
+
+    def aborted(self, reason: str) -> None:
+        """A transaction was aborted for ``reason``."""
+        self._m.transactions.labels("aborted").inc()
+        self._m.transaction_aborts.labels(reason).inc()
 
 
 @dataclass(frozen=True)

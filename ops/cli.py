@@ -10,7 +10,7 @@ import logging
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -19,6 +19,7 @@ from engine.redact import settings_json, settings_line
 from engine.settings import Settings
 from ops.cli_errors import DEBUG_PARAM, ExpectedErrorsGroup
 from ops.models_cli import models_app
+from streams.kafka_config import client_config, reader_config
 
 app = typer.Typer(
     cls=ExpectedErrorsGroup,
@@ -32,6 +33,14 @@ TritonUrl = Annotated[Optional[str], typer.Option("--triton-url", help="Triton g
 EventsTopic = Annotated[Optional[str], typer.Option("--events-topic", help="Input topic.")]
 PredTopic = Annotated[Optional[str], typer.Option("--predictions-topic", help="Output topic.")]
 DlqTopic = Annotated[Optional[str], typer.Option("--dlq-topic", help="Dead-letter topic.")]
+Isolation = Annotated[
+    Literal["uncommitted", "committed"],
+    typer.Option(
+        "--isolation",
+        help="committed: read only records of committed transactions, as a read_committed consumer "
+        "does (exactly-once outputs); uncommitted: every record written.",
+    ),
+]
 
 
 @app.callback()
@@ -142,7 +151,7 @@ def produce(
     from streams.kafka_tools import iter_json_lines, produce_all
 
     settings = load_settings(**{"kafka.bootstrap_servers": bootstrap, "topics.events": topic})
-    config, events_topic = settings.kafka.confluent_config(), settings.topics.events
+    config, events_topic = client_config(settings.kafka), settings.topics.events
     with file.open() if file else sys.stdin as stream:
         lines = iter_json_lines(stream)
         if event_format is EventFormat.binary:
@@ -162,13 +171,17 @@ def tail(
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record.")] = True,
     max_records: Annotated[Optional[int], typer.Option("--max", help="Stop after N records.")] = None,
     idle_timeout: Annotated[Optional[float], typer.Option(help="Stop after N idle seconds.")] = None,
+    isolation: Isolation = "uncommitted",
 ) -> None:
     """Print a topic's records (key, headers, value)."""
     from streams.kafka_tools import consume, describe
 
     settings = load_settings(**{"kafka.bootstrap_servers": bootstrap})
     records = consume(
-        settings.kafka.consumer_config(), topic, from_beginning=from_beginning, idle_timeout=idle_timeout
+        reader_config(settings.kafka, committed=isolation == "committed"),
+        topic,
+        from_beginning=from_beginning,
+        idle_timeout=idle_timeout,
     )
     for n, msg in enumerate(records, 1):
         typer.echo(describe(msg))
@@ -190,6 +203,7 @@ def replay(
     bootstrap: Bootstrap = None,
     dlq_topic: DlqTopic = None,
     events_topic: EventsTopic = None,
+    isolation: Isolation = "uncommitted",
 ) -> None:
     """Republish dead letters' original bytes (key, headers) to the input topic after a fix.
 
@@ -208,7 +222,7 @@ def replay(
         **{"kafka.bootstrap_servers": bootstrap, "topics.dlq": dlq_topic, "topics.events": events_topic}
     )
     report = run_replay(
-        settings.kafka.confluent_config(),
+        client_config(settings.kafka),
         settings.topics.dlq,
         settings.topics.events,
         inputs=set(settings.routing.topic_models),
@@ -216,6 +230,7 @@ def replay(
         limit=limit,
         to_topic=to,
         dry_run=dry_run,
+        read_committed=isolation == "committed",
     )
     verb = "would replay" if dry_run else "replayed"
     console.print(

@@ -131,11 +131,13 @@ class ReplayPlan:
         return self.limit is not None and chosen >= self.limit
 
 
-def open_consumer(config: Mapping[str, str]) -> Consumer:
-    """A consumer that joins no group and commits nothing."""
+def open_consumer(config: Mapping[str, str], read_committed: bool = False) -> Consumer:
+    """A consumer that joins no group and commits nothing; with ``read_committed`` it reads only
+    records of committed transactions."""
     return Consumer(
         {
             **config,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
             "group.id": f"sie-replay-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": False,
@@ -233,20 +235,22 @@ def replay(
     to_topic: str | None = None,
     dry_run: bool = False,
     idle_timeout: float = 5.0,
+    read_committed: bool = False,
 ) -> ReplayReport:
     """Stream ``dlq_topic`` and republish the chosen dead letters.
 
     Each goes to ``to_topic`` if given, else to the topic it came from
     (``source.topic``, ``default_topic`` when missing) if that is
     ``default_topic`` or one of ``inputs``; others are skipped. Reading stops
-    once ``limit`` dead letters were chosen.
+    once ``limit`` dead letters were chosen. With ``read_committed``, dead letters of aborted
+    transactions (exactly-once workers) are not read.
     """
     plan = ReplayPlan(
         default_topic, frozenset(inputs) | {default_topic}, to_topic, frozenset(reasons or ()), limit
     )
     publisher = None if dry_run else Publisher(config)
     report = ReplayReport()
-    consumer = open_consumer(config)
+    consumer = open_consumer(config, read_committed)
     try:
         _run(plan, dead_letters(consumer, dlq_topic, idle_timeout=idle_timeout), publisher, report)
     finally:

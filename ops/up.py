@@ -31,6 +31,7 @@ from ops.supervisor import (
     SupervisionError,
     Supervisor,
 )
+from streams.kafka_config import client_config, consumer_config
 
 MINUTE_S = 60.0  # the demo prints (and reports) each minute's rate and latency
 POLL_S = 1.0  # longest pause between two looks at the children (and demo view updates)
@@ -195,7 +196,7 @@ def _wait(supervisor: Supervisor, duration_s: float | None) -> None:
 
 def _demo(stack: Stack, opts: UpOptions, console: Console, supervisor: Supervisor) -> None:
     settings = stack.settings
-    config = settings.kafka.confluent_config()
+    config = client_config(settings.kafka)
     log = SendLog()
     profiles = load_profiles(opts.model_repository, data_rows=True)
     events = generate(profiles, 10**12, seed=int(time.time()), keys=64, fmt=opts.event_format)
@@ -208,7 +209,7 @@ def _demo(stack: Stack, opts: UpOptions, console: Console, supervisor: Superviso
         extra_malformed_every=opts.malformed_every,
     )
     monitor = PredictionMonitor(  # the broker keeps earlier runs' outputs: count only this run's
-        settings.kafka.consumer_config(),
+        consumer_config(settings.kafka),
         settings.topics.predictions,
         settings.topics.dlq,
         log,

@@ -25,22 +25,24 @@ from engine.errors import RetryableError, error_code
 from engine.health import Liveness, ProcessStopper, with_liveness
 from engine.modelspec import ModelSpec
 from engine.pipeline import Pipeline, PipelineParts
-from engine.ports import NO_MODEL_HOOKS, NO_TRACING, InferenceBackend, ModelHooks, PipelineTracing
+from engine.ports import NO_MODEL_HOOKS, NO_TRACING, InferenceBackend, ModelHooks, PipelineTracing, Sink
 from engine.retry import CircuitBreaker, CircuitState, Retrier
 from engine.routing import Router
 from engine.settings import Settings
 from inference.passthrough_backend import PassThroughBackend
 from inference.triton import TritonBackend
 from models.hooks import build_model_hooks
-from observability.metrics import EngineMetrics, create_metrics, observe_many
+from observability.metrics import EngineMetrics, TransactionMetricsAdapter, create_metrics, observe_many
 from observability.otel_setup import configure_tracing
 from observability.server import serve
 from observability.tracing import INSTRUMENTATION, HeadSampler, OtelTracing
 from streams.app import Submit, add_batch_consumer, create_app
 from streams.driver import EngineConsumer
 from streams.faust_sensor import CommitHealth, EngineSensor
+from streams.kafka_config import client_config, output_producer_config, transactional_producer_config
 from streams.kafka_tools import wait_for_kafka
-from streams.sink import KafkaSink
+from streams.sink import BorrowedSink, KafkaSink
+from streams.transactions import TransactionalProducer
 
 log = logging.getLogger(__name__)
 GC_GEN0_THRESHOLD = 20_000  # allocations between collections of the youngest generation (default 700)
@@ -88,6 +90,7 @@ class Worker:
         self.app.on_failure = self.liveness.fail
         self.app.on_fetch_restart = self._on_fetch_restart
         self.app.on_commit_failed = lambda _: self.metrics.commit_failures.inc()
+        self.app.transaction_metrics = TransactionMetricsAdapter(self.metrics)
         health = CommitHealth(lambda: cast(EngineConsumer, self.app.consumer), self.metrics)
         self.app.timer(interval=LAG_INTERVAL_S, traced=False, name="commit-health")(health.update)
         self.tracing: PipelineTracing = NO_TRACING
@@ -112,16 +115,12 @@ class Worker:
         metrics = self.metrics
         breaker = CircuitBreaker(settings.retry, clock, on_change=self._on_circuit)
         retrier = Retrier(settings.retry, clock, breaker, on_retry=self._on_retry)
-        sink = KafkaSink(
-            settings.kafka.confluent_config() | self._producer_config(),
-            on_rejected=self._on_output_rejected,
-            on_fatal=self.liveness.fail,
-        )
+        sink = await self._output_sink()
         router = Router(settings.routing, settings.triton.default_model)
         ctx = DecodeContext(specs, settings.triton.default_model, settings.limits, router=router)
         gauge = self.metrics.model_version
         self.model_hooks = await build_model_hooks(
-            settings, router, specs, backend, gauge, self.registry, make_sink=KafkaSink
+            settings, router, specs, backend, gauge, self.registry, make_sink=self._shadow_sink(sink)
         )
         parts = PipelineParts(
             decode_ctx=ctx,
@@ -171,10 +170,33 @@ class Worker:
         self._triton_ok = up
         self.metrics.triton_up.set(1 if up else 0)
 
-    def _producer_config(self) -> dict[str, str]:
-        """The output producer's own settings: linger, and records as large as the limits allow."""
-        max_bytes = max(1_000_000, self.settings.limits.max_message_bytes)  # librdkafka's default or more
-        return {"linger.ms": str(self.settings.kafka.linger_ms), "message.max.bytes": str(max_bytes)}
+    async def _output_sink(self) -> KafkaSink:
+        """The producer of predictions and dead letters; under exactly-once a transactional one,
+        whose transactions the consumer's :class:`~streams.exactly_once.ExactlyOnce` runs."""
+        kafka, limit = self.settings.kafka, self.settings.limits.max_message_bytes
+        exactly_once = cast(EngineConsumer, self.app.consumer).exactly_once
+        if exactly_once is None:
+            return KafkaSink(
+                output_producer_config(kafka, limit),
+                on_rejected=self._on_output_rejected,
+                on_fatal=self.liveness.fail,
+            )
+        sink = KafkaSink(
+            transactional_producer_config(kafka, limit, self.settings.worker_name),
+            on_rejected=self._on_output_rejected,
+            on_fatal=self.liveness.fail,
+            transactional=True,
+            on_transaction_error=exactly_once.output_failed,
+        )
+        await exactly_once.attach(TransactionalProducer(sink.producer), sink)
+        return sink
+
+    def _shadow_sink(self, sink: KafkaSink) -> Callable[[], Sink]:
+        """The sink of shadow outputs: a producer of its own, or the transactional one borrowed."""
+        if cast(EngineConsumer, self.app.consumer).exactly_once is not None:
+            return lambda: BorrowedSink(sink)
+        config = output_producer_config(self.settings.kafka, self.settings.limits.max_message_bytes)
+        return lambda: KafkaSink(config)
 
     def _on_output_rejected(self, topic: str, code: str) -> None:
         self.metrics.producer_errors.labels(topic, code).inc()
@@ -220,7 +242,7 @@ class Worker:
         if app is not None:  # /healthz answers 503 once the worker has failed
             server.set_app(with_liveness(app, self.liveness))
         log.info("metrics and health on :%d", server.server_port)
-        wait_for_kafka(self.settings.kafka.confluent_config(), log=log)
+        wait_for_kafka(client_config(self.settings.kafka), log=log)
         provider = configure_tracing(self.settings)
         if provider is not None:
             sampler = HeadSampler(self.settings.trace_sample_ratio)

@@ -37,6 +37,9 @@ class DeliveryConsumer(Protocol):
         and the messages to submit (none handed out before), or None to skip them (the partition
         is being revoked)."""
 
+    async def admit(self) -> None:
+        """Wait while hand-outs are stopped (exactly-once: a transaction is being committed)."""
+
 
 def create_app(settings: Settings) -> EngineApp:
     """A Faust app on the project's librdkafka driver (the app id is the consumer group)."""
@@ -45,7 +48,11 @@ def create_app(settings: Settings) -> EngineApp:
     app = EngineApp(
         kafka.group_id,
         broker=hosts,
-        broker_commit_interval=kafka.commit_interval_s,
+        broker_commit_interval=(
+            kafka.transaction_interval_s
+            if kafka.processing_guarantee == "exactly_once"
+            else kafka.commit_interval_s
+        ),
         topic_disable_leader=True,
         topic_allow_declare=False,
         web_enabled=False,
@@ -103,6 +110,7 @@ def batch_handler(
         consumer = consumer_of()
         now = time.monotonic()
         for part in chunked(batch, chunk):
+            await consumer.admit()
             records: list[RawRecord] = []
             for tp, msgs in part:
                 handed = consumer.hand_out(tp, msgs)

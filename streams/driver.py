@@ -35,7 +35,9 @@ from faust.types.tuples import RecordMetadata
 
 from engine.positions import Positions
 from engine.settings import KafkaSettings
+from streams.exactly_once import NO_TRANSACTION_METRICS, ExactlyOnce, TransactionMetrics
 from streams.group_consumer import Batch, GroupConsumer, TPKey
+from streams.kafka_config import client_config, group_consumer_config
 from streams.producer import new_producer, produce_waiting_async
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class EngineApp(faust.App):
     on_failure: Callable[[str], None] | None = None
     on_fetch_restart: Callable[[TPKey], None] | None = None
     on_commit_failed: Callable[[str], None] | None = None
+    # exactly-once: told of each transaction's end (set by the worker before it starts)
+    transaction_metrics: TransactionMetrics | None = None
 
 
 class EngineConsumer(faust_consumer.Consumer):
@@ -69,6 +73,15 @@ class EngineConsumer(faust_consumer.Consumer):
         self._commit_sent: float | None = None
         self._commit_state: Any = None
         self._topics: list[str] = []
+        self.exactly_once: ExactlyOnce | None = None
+        if self._app.kafka.processing_guarantee == "exactly_once":
+            self.exactly_once = ExactlyOnce(
+                self.positions,
+                lambda: self._group,
+                self._app.transaction_metrics or NO_TRANSACTION_METRICS,
+                self._app.on_failure or _log_failure,
+                self._app.kafka.transaction_timeout_s,
+            )
 
     @property
     def _app(self) -> EngineApp:
@@ -86,7 +99,7 @@ class EngineConsumer(faust_consumer.Consumer):
         app = self._app
         self._topics = wanted
         self._group = GroupConsumer(
-            app.kafka.group_consumer_config(app.client_id),
+            group_consumer_config(app.kafka, app.client_id),
             wanted,
             _Listener(self),
             asyncio.get_running_loop(),
@@ -109,7 +122,7 @@ class EngineConsumer(faust_consumer.Consumer):
             raise RuntimeError("EngineApp.batch_handler must be set before the app starts")
         try:
             while not self.should_stop:
-                await handler(await group.take())
+                await handler(await group.take())  # a record fetched before a rewind: is_current
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -122,6 +135,8 @@ class EngineConsumer(faust_consumer.Consumer):
         longer ours (skip them). Offsets handed out before are never handed out again."""
         part = self.positions.get(tp)
         if part is None or tp in self._revoking:
+            return None
+        if self._group is not None and not self._group.is_current(tp):  # fetched before a rewind
             return None
         if messages[0].offset() < part.handed:  # librdkafka gave records again: answer them once
             log.warning("%s[%d]: records below %d fetched again; skipped", tp[0], tp[1], part.handed)
@@ -136,10 +151,19 @@ class EngineConsumer(faust_consumer.Consumer):
 
     # -- commits -------------------------------------------------------------------------
 
+    async def admit(self) -> None:
+        """Wait while hand-outs are stopped (exactly-once: a transaction is being committed)."""
+        if self.exactly_once is not None:
+            await self.exactly_once.admit()
+
     async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
-        """Commit the positions answered since the last confirmed commit (one commit at a time)."""
+        """Commit the positions answered since the last confirmed commit (one commit at a time);
+        exactly-once: commit the open transaction with them."""
         group = self._group
         if group is None:
+            return False
+        if self.exactly_once is not None:  # a cycle may wait for the pipeline: never wait for it here
+            self.exactly_once.schedule()
             return False
         now = time.monotonic()
         if self._commit_sent is not None and now - self._commit_sent < WAIT_EMPTY_S:
@@ -176,7 +200,10 @@ class EngineConsumer(faust_consumer.Consumer):
         """Wait (at most 30 s) until every record handed out is answered, then commit."""
         await self._wait_until(lambda: self.positions.in_flight() == 0, WAIT_EMPTY_S)
         self._commit_sent = None
-        await self.commit()
+        if self.exactly_once is not None:
+            await self.exactly_once.commit()
+        else:
+            await self.commit()
 
     async def _wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -262,6 +289,10 @@ class EngineConsumer(faust_consumer.Consumer):
         """No tables, no recovery."""
 
 
+def _log_failure(reason: str) -> None:
+    log.error("%s", reason)
+
+
 class _Listener:
     """The group consumer's rebalance callbacks, run on the event loop for :class:`EngineConsumer`."""
 
@@ -296,6 +327,10 @@ class _Listener:
 
     async def revoking(self, tps: list[TPKey]) -> dict[TPKey, int]:
         c = self._c
+        if c.exactly_once is not None:  # committed in the transaction, or aborted
+            await c.exactly_once.revoking(tps, c._app.kafka.revoke_timeout_s)
+            c._revoking.update(tps)
+            return {}
         c._revoking.update(tps)
         keys = [TP(*tp) for tp in tps]
         if not await c._wait_until(lambda: c.positions.in_flight(keys) == 0, c._app.kafka.revoke_timeout_s):
@@ -313,6 +348,8 @@ class _Listener:
 
     async def lost(self, tps: list[TPKey]) -> None:
         self._forget(tps)
+        if self._c.exactly_once is not None:
+            self._c.exactly_once.lost(tps)
 
     def _forget(self, tps: Sequence[TPKey]) -> None:
         for tp in tps:
@@ -332,7 +369,7 @@ class EngineProducer(faust_producer.Producer):
     def _client(self) -> Any:
         if self._producer is None:
             app = cast(EngineApp, self.app)
-            self._producer = new_producer(app.kafka.confluent_config(), tuning={"linger.ms": "5"})
+            self._producer = new_producer(client_config(app.kafka), tuning={"linger.ms": "5"})
         return self._producer
 
     async def send(

@@ -28,6 +28,10 @@ drain rate: librdkafka drops what it prefetched on a pause and fetches it again 
 * A revoke stops handing out the partitions' records, waits for those in flight, commits their
   acknowledged positions synchronously and only then releases them.
 * A commit counts only once librdkafka reports it succeeded for that partition.
+* A rewind (exactly-once, after an aborted transaction: :mod:`streams.exactly_once`) seeks
+  partitions back to their committed positions and drops what was fetched for them before; each
+  partition's *generation* counts its rewinds, so records fetched before one are recognised
+  (:meth:`GroupConsumer.is_current`) and never handed out.
 * A watchdog finds an assigned, unpaused partition whose position has not moved for
   ``stall_after_s`` while the broker holds records past it, and restarts its fetch at the
   position (``on_stall`` is told).
@@ -126,7 +130,10 @@ class GroupConsumer:
         self._new_consumer = new_consumer
         self._lost_at: float | None = None  # when the last partition was lost (no revoke)
         self._lock = threading.Lock()
-        self._buffer: deque[Batch] = deque()
+        self._buffer: deque[tuple[Batch, dict[TPKey, int]]] = deque()  # with the generations then
+        self._generation: dict[TPKey, int] = {}  # rewinds per partition: replaced whole, never changed
+        self._taken: dict[TPKey, int] = {}  # the generations of the last batch taken
+        self._metadata: Any = None  # the consumer's group metadata, refreshed by the thread
         self._buffered = 0
         self._arrived = asyncio.Event()
         self._wake_pending = False
@@ -159,7 +166,10 @@ class GroupConsumer:
         """Wait for fetched records and take them all (several polls' worth, in order)."""
         while True:
             with self._lock:
-                batches, self._buffer = self._buffer, deque()
+                entries, self._buffer = self._buffer, deque()
+                self._taken = current = self._generation
+                batches = [b if g is current else _current_parts(b, g, current) for b, g in entries]
+                batches = [b for b in batches if b]
                 self._buffered = 0
                 # Under the lock, so the thread's next append sees it and wakes us: a wake-up
                 # scheduled for records taken already may still set the event; clearing it here,
@@ -173,6 +183,43 @@ class GroupConsumer:
         if len(batches) == 1:
             return batches[0]
         return [part for batch in batches for part in batch]
+
+    def is_current(self, tp: TPKey) -> bool:
+        """Whether the last batch taken holds records of ``tp`` fetched since its last rewind."""
+        return self._taken.get(tp, 0) == self._generation.get(tp, 0)
+
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata (generation, member id), for a transaction's offsets.
+
+        Read by the thread (a call on the consumer from another thread blocks while it polls)
+        at each rebalance callback - a new generation comes with one - and every second."""
+        if self._metadata is None:
+            raise RuntimeError("the Kafka consumer has not joined its group yet")
+        return self._metadata
+
+    def rewind(self, offsets: Mapping[TPKey, int]) -> asyncio.Future[None]:
+        """Read the partitions of ``offsets`` still assigned again from those offsets; records
+        fetched for them before are never handed out. The future resolves once it is done."""
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        def command(consumer: Consumer) -> None:
+            try:
+                keys = {tp for tp in offsets if tp in self._assignment}
+                for key in keys:
+                    self._seek(consumer, key, offsets[key])
+                    self._watch[key] = _Watch(offsets[key])
+                generation = dict(self._generation)
+                for key in keys:
+                    generation[key] = generation.get(key, 0) + 1
+                with self._lock:
+                    self._generation = generation
+                self._drop_buffered(keys)
+                log.info("rewound %s", _describe({k: offsets[k] for k in keys}) or "nothing")
+            finally:
+                self._loop.call_soon_threadsafe(_resolve, done)
+
+        self._commands.append(command)
+        return done
 
     def commit(self, offsets: Mapping[TPKey, int]) -> None:
         """Commit ``offsets`` asynchronously (the result reaches ``on_commit`` on the loop)."""
@@ -254,6 +301,7 @@ class GroupConsumer:
             now = time.monotonic()
             if now >= next_watch:
                 next_watch = now + WATCH_EVERY_S
+                self._metadata = consumer.consumer_group_metadata()
                 self._watchdog(consumer, now)
 
     def _command(self, consumer: Consumer, command: Callable[[Consumer], None]) -> None:
@@ -281,7 +329,7 @@ class GroupConsumer:
         if not batch:
             return
         with self._lock:
-            self._buffer.append(batch)
+            self._buffer.append((batch, self._generation))
             self._buffered += sum(len(v) for _, v in batch)
             wake, self._wake_pending = not self._wake_pending, True
         if wake:
@@ -321,17 +369,18 @@ class GroupConsumer:
 
     def _drop_buffered(self, tps: set[TPKey]) -> None:
         with self._lock:
-            kept: deque[Batch] = deque()
-            for batch in self._buffer:
+            kept: deque[tuple[Batch, dict[TPKey, int]]] = deque()
+            for batch, generation in self._buffer:
                 part = [(k, v) for k, v in batch if k not in tps]
                 if part:
-                    kept.append(part)
+                    kept.append((part, generation))
             self._buffer = kept
-            self._buffered = sum(len(v) for b in kept for _, v in b)
+            self._buffered = sum(len(v) for b, _ in kept for _, v in b)
 
     # -- rebalances (served inside poll/consume/close, on this thread) ------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._metadata = consumer.consumer_group_metadata()
         if not partitions:
             return
         starts = self._starts(consumer, partitions)
@@ -369,6 +418,7 @@ class GroupConsumer:
         return int(low if self._reset == OFFSET_BEGINNING else high)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._metadata = consumer.consumer_group_metadata()
         tps = [(tp.topic, tp.partition) for tp in partitions]
         if not tps:
             return
@@ -460,14 +510,24 @@ class GroupConsumer:
             now - watch.since,
             high,
         )
-        try:
-            consumer.seek(TopicPartition(key[0], key[1], watch.position))
-        except KafkaException:  # no fetch state to seek in: assign the partition again
-            consumer.incremental_unassign([tp])
-            consumer.incremental_assign([TopicPartition(key[0], key[1], watch.position)])
+        self._seek(consumer, key, watch.position)
         watch.since = now
         if self._on_stall is not None:
             self._loop.call_soon_threadsafe(self._on_stall, key)
+
+    def _seek(self, consumer: Consumer, key: TPKey, offset: int) -> None:
+        try:
+            consumer.seek(TopicPartition(key[0], key[1], offset))
+        except KafkaException:  # no fetch state to seek in: assign the partition again
+            consumer.incremental_unassign([TopicPartition(*key)])
+            consumer.incremental_assign([TopicPartition(key[0], key[1], offset)])
+            if self._paused:
+                consumer.pause([TopicPartition(*key)])
+
+
+def _current_parts(batch: Batch, fetched: dict[TPKey, int], current: dict[TPKey, int]) -> Batch:
+    """The parts of ``batch`` (fetched at generations ``fetched``) not rewound since."""
+    return [(k, v) for k, v in batch if fetched.get(k, 0) == current.get(k, 0)]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

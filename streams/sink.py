@@ -15,6 +15,13 @@ the call's future fails with :class:`~engine.errors.OutputRejected` and
 partitions forever. A record the producer refuses synchronously (``produce``
 raising) is a failed delivery like any other: ``send`` never raises for one.
 
+Under exactly-once (``transactional=True``) the producer is a transactional one whose
+transactions :mod:`streams.exactly_once` begins and commits. A failed delivery is never produced
+again there: the transaction must be aborted (``on_transaction_error`` is told) and its records
+are processed again from the last committed positions; the call's future resolves, so the
+pipeline is not held by records whose outputs the abort discards anyway. While ``discarding``
+(between such a failure and the abort), ``send`` produces nothing and resolves at once.
+
 A broker outage is logged once when it starts - librdkafka reports every
 broker down (a dead broker), or outputs have waited ``stall_s`` for any answer
 (a frozen one keeps its connections open) - and once when deliveries succeed
@@ -119,6 +126,8 @@ class KafkaSink:
         permanent_retries: int = PERMANENT_RETRIES,
         on_rejected: Callable[[str, str], None] | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        transactional: bool = False,
+        on_transaction_error: Callable[[KafkaError], None] | None = None,  # exactly-once: abort
     ) -> None:
         conf: dict[str, Any] = {
             "acks": "all",
@@ -136,6 +145,10 @@ class KafkaSink:
         self._permanent_retries = permanent_retries
         self._on_rejected = on_rejected  # (topic, error code name) per record refused for good
         self._on_fatal = on_fatal  # told when outputs are given up
+        self.transactional = transactional
+        self._on_transaction_error = on_transaction_error
+        self.discarding = False  # exactly-once, after a failure: outputs of the aborted transaction
+        self.produced = 0  # records handed to the producer (exactly-once: counted per transaction)
         self._running = True
         self.last_error: str | None = None
         self._stall_s = stall_s
@@ -150,7 +163,7 @@ class KafkaSink:
     async def send(self, records: Sequence[OutRecord]) -> asyncio.Future[None]:
         """Produce ``records`` in order; see the module docstring."""
         future: asyncio.Future[None] = self._loop.create_future()
-        if not records:
+        if not records or self.discarding:
             future.set_result(None)
             return future
         delivery = _Delivery(self, future, len(records))
@@ -183,6 +196,7 @@ class KafkaSink:
                 delivery.answer(_kafka_error(exc), record)
                 continue
             self._outstanding += 1
+        self.produced += len(records)
         self._wake.set()
 
     def answered(self, n: int) -> None:
@@ -199,6 +213,9 @@ class KafkaSink:
             self._loop.call_soon_threadsafe(_resolve, delivery.future)
             return
         failed, delivery.failed = delivery.failed, []
+        if self.transactional:  # the transaction is aborted; its records are processed again
+            self._loop.call_soon_threadsafe(self._transaction_failed, failed, delivery.future)
+            return
         delivery.remaining = len(failed)
         refused = [(r.topic, e.name()) for r, e in failed if is_permanent(e)]
         if refused:
@@ -216,6 +233,37 @@ class KafkaSink:
             self._retry_pause_s,
         )
         self._loop.call_soon_threadsafe(self._schedule_retry, [r for r, _ in failed], delivery)
+
+    @property
+    def producer(self) -> Any:
+        """The confluent-kafka producer (exactly-once: its transactions are begun and committed by
+        :mod:`streams.exactly_once`)."""
+        return self._producer
+
+    @property
+    def outstanding(self) -> int:
+        """Records produced and not yet answered by the broker."""
+        return self._outstanding
+
+    def _transaction_failed(
+        self, failed: list[tuple[OutRecord, KafkaError]], future: asyncio.Future[None]
+    ) -> None:
+        """Exactly-once: outputs failed in the open transaction. A transient failure aborts it
+        (its records are processed again); one Kafka refuses for good would fail again at every
+        try, so the worker stops (nothing of the transaction is committed, nothing is lost)."""
+        self.discarding = True
+        refused = [(r.topic, e.name()) for r, e in failed if _refused(e)]
+        if refused:
+            for topic, code in refused:
+                if self._on_rejected is not None:
+                    self._on_rejected(topic, code)
+            reasons = ", ".join(f"{code} on {topic}" for topic, code in sorted(set(refused)))
+            log.error("Kafka refused %d outputs of a transaction for good: %s", len(refused), reasons)
+            if self._on_fatal is not None:
+                self._on_fatal(f"Kafka refused {len(refused)} outputs for good: {reasons}")
+        elif self._on_transaction_error is not None:
+            self._on_transaction_error(failed[0][1])
+        _resolve(future)
 
     def _give_up(self, delivery: _Delivery, refused: list[tuple[str, str]]) -> None:
         """Kafka refused outputs ``permanent_retries + 1`` times: fail the call and tell the worker."""
@@ -272,7 +320,14 @@ class KafkaSink:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            self._producer.poll(0)
+            try:
+                self._producer.poll(0)
+            except KafkaException as exc:  # a fatal producer error (exactly-once: fenced)
+                if not self.transactional or self._on_transaction_error is None:
+                    raise
+                self.discarding = True
+                self._on_transaction_error(_kafka_error(exc))
+                return
             waited = time.monotonic() - self._last_answer
             if waited > self._stall_s and self._down_since is None and self._outstanding > 0:
                 self._outage_started(self._last_answer, f"no delivery answer for {waited:.0f}s")
@@ -298,3 +353,24 @@ def _kafka_error(exc: Exception) -> KafkaError:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+class BorrowedSink:
+    """Another user's view of a sink it does not own (exactly-once: the shadow outputs go through
+    the worker's transactional sink): ``send`` passes through, ``close`` leaves it open."""
+
+    def __init__(self, sink: KafkaSink) -> None:
+        self._sink = sink
+
+    async def send(self, records: Sequence[OutRecord]) -> asyncio.Future[None]:
+        """:meth:`KafkaSink.send`."""
+        return await self._sink.send(records)
+
+    async def close(self) -> None:
+        """The owner closes the sink."""
+
+
+def _refused(err: KafkaError) -> bool:
+    """Exactly-once: whether a failed output is refused for good (a fatal producer error is the
+    transaction's to report: the producer was fenced)."""
+    return is_permanent(err) and not err.fatal() and err.code() != KafkaError._FATAL

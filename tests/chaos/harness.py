@@ -148,8 +148,10 @@ def account(
     ids: Sequence[str],
     timeout: float = 240.0,
     settle: float = 3.0,
+    isolation: str = "read_committed",
 ) -> Accounting:
-    """Read both output topics until every id is seen (or ``timeout``) and count."""
+    """Read both output topics until every id is seen (or ``timeout``) and count, as a consumer
+    with ``isolation`` (Kafka's ``isolation.level``) sees them."""
     wanted = set(ids)
     seen: set[str] = set()
     cursor = {predictions_topic: 0, dlq_topic: 0}
@@ -163,7 +165,8 @@ def account(
             cursor[topic] = len(msgs)
         return wanted <= seen
 
-    out = collect(bootstrap, [predictions_topic, dlq_topic], done, timeout, settle)
+    config = {"isolation.level": isolation}
+    out = collect(bootstrap, [predictions_topic, dlq_topic], done, timeout, settle, client_config=config)
     counts: Counter[str] = Counter()
     first: dict[str, float] = {}
     per_partition: dict[int, list[float]] = defaultdict(list)

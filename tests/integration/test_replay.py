@@ -14,6 +14,7 @@ from ops.embedded import child_env, create_topics
 from ops.eventgen import generate, load_profiles
 from ops.replay import REPLAYED_FROM_HEADER, replay
 from ops.stack import settings_env
+from streams.kafka_config import client_config
 from tests.integration.conftest import MODEL_REPOSITORY, REPO, StartWorker
 from tests.integration.kafka import Msg, collect, produce
 
@@ -106,7 +107,7 @@ def test_replay_keeps_bytes_key_and_headers_and_honours_limit_dry_run_and_input_
             for key, value, reason in letters
         ],
     )
-    config = stack_settings.kafka.confluent_config()
+    config = client_config(stack_settings.kafka)
 
     dry = replay(config, t.dlq, t.events, reasons=["invalid_json"], dry_run=True, to_topic=scratch)
     assert (dry.replayed, dict(dry.by_reason), dry.read) == (0, {"invalid_json": 3}, 4)

@@ -100,6 +100,9 @@ class FakeConsumer:
         paused = {(tp.topic, tp.partition) for tp in partitions}
         self.queue = [m for m in self.queue if (m.topic(), m.partition()) not in paused]
 
+    def consumer_group_metadata(self) -> str:
+        return "group-metadata"
+
     def close(self) -> None:
         self.queue = []
 

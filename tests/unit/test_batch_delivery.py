@@ -30,6 +30,9 @@ class FakeConsumer:
         chunk = part.hand_out(messages[0].offset(), messages[-1].offset())
         return self.positions.finisher(tp, chunk), messages
 
+    async def admit(self) -> None:
+        """Hand-outs are never stopped here."""
+
 
 def msgs(tp: tuple[str, int], start: int, n: int) -> list[FakeMessage]:
     return [FakeMessage(tp[0], tp[1], o) for o in range(start, start + n)]

@@ -39,6 +39,9 @@ class ScriptedConsumer:
             for p in partitions
         ]
 
+    def consumer_group_metadata(self) -> str:
+        return "group-metadata"
+
     def get_watermark_offsets(
         self, tp: TopicPartition, timeout: float = 0, cached: bool = False
     ) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from observability.metrics import EngineMetrics, create_metrics, create_model_me
 from streams.faust_sensor import CommitHealth, EngineSensor, partition_lag
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "observability"
-BOUNDED_LABELS = {"topic", "partition", "model", "version", "reason", "code"}
+BOUNDED_LABELS = {"topic", "partition", "model", "version", "reason", "code", "outcome"}
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import pytest
 
 from engine.settings import Settings
 from ops.cli import load_settings
+from streams.kafka_config import client_config
 
 
 def test_settings_read_env_prefix_and_nested_groups(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,7 +38,7 @@ def test_secrets_are_redacted_when_printed(monkeypatch: pytest.MonkeyPatch) -> N
     s = Settings()
     for text in (str(s), repr(s), s.model_dump_json()):
         assert "hunter2-secret" not in text
-    cfg = s.kafka.confluent_config()
+    cfg = client_config(s.kafka)
     assert cfg["sasl.password"] == "hunter2-secret" and cfg["security.protocol"] == "sasl_ssl"
 
 

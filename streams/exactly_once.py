@@ -1,0 +1,273 @@
+"""Exactly-once: a worker's outputs, dead letters and consumed positions in one Kafka transaction.
+
+Opt-in (``SIE_KAFKA__PROCESSING_GUARANTEE=exactly_once``). Each worker has one transactional
+producer (:class:`~streams.sink.KafkaSink` on a ``transactional.id`` stable per worker, so a
+restarted worker fences the process it replaces). Every transaction interval a *cycle* runs:
+
+1. Hand-outs stop (:meth:`ExactlyOnce.admit` waits): no new record enters the pipeline.
+2. It waits until every record handed out is answered: its prediction or dead letter is
+   written, in the open transaction. The positions then cover exactly the records whose
+   outputs the transaction holds.
+3. The positions go into the transaction with the consumer's group metadata
+   (``send_offsets_to_transaction``, Kafka's EOS v2) and the transaction is committed; the next
+   one begins and hand-outs go on.
+
+A transaction that cannot be committed (a failed delivery, partitions lost, the broker aborting
+it after ``transaction_timeout_s``) is *aborted*: nothing it wrote is ever seen by a
+``read_committed`` reader. Outputs produced meanwhile are discarded; once the pipeline is empty
+every partition is rewound to its last committed position and its records are processed again.
+A fenced producer (another process took over the ``transactional.id``) stops the worker.
+
+The shadow outputs of a record are written by the same producer, after its prediction: they
+are in the transaction of its position or in a later one, so a crash can lose a shadow output
+(shadows are best effort) but never writes one twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError
+
+from engine.positions import Positions
+from streams.group_consumer import TPKey
+from streams.transactions import TransactionAborted, TransactionalProducer, TransactionFenced
+
+log = logging.getLogger(__name__)
+
+
+class Group(Protocol):
+    """What a cycle needs of the group consumer (:class:`~streams.group_consumer.GroupConsumer`)."""
+
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata for the transaction's offsets."""
+
+    def rewind(self, offsets: Mapping[TPKey, int]) -> asyncio.Future[None]:
+        """Read these partitions again from these offsets."""
+
+    def assignment(self) -> set[TPKey]:
+        """The partitions assigned now."""
+
+
+class Outputs(Protocol):
+    """What a cycle needs of the sink (:class:`~streams.sink.KafkaSink` built transactional)."""
+
+    discarding: bool
+    produced: int
+
+
+class TransactionMetrics(Protocol):
+    """Told of each transaction's end."""
+
+    def committed(self, seconds: float, records: int) -> None:
+        """A transaction with ``records`` outputs was committed after ``seconds`` open."""
+
+    def aborted(self, reason: str) -> None:
+        """A transaction was aborted (``reason``: a bounded label)."""
+
+
+class ExactlyOnce:
+    """The transaction cycle of one worker (see the module docstring)."""
+
+    def __init__(
+        self,
+        positions: Positions,
+        group: Callable[[], Group | None],
+        metrics: TransactionMetrics,
+        on_fenced: Callable[[str], None],
+        transaction_timeout_s: float = 60.0,
+    ) -> None:
+        self._positions = positions
+        # Longest a cycle waits for the pipeline before it aborts: well within the broker's
+        # transaction timeout, whose expiry would fence the producer.
+        self._stall_s = transaction_timeout_s / 3
+        self._group = group
+        self._metrics = metrics
+        self._on_fenced = on_fenced
+        self._txn: TransactionalProducer | None = None
+        self._outputs: Outputs | None = None
+        self._open = asyncio.Event()  # hand-outs go on while set
+        self._open.set()
+        self._lock = asyncio.Lock()
+        self._must_abort: str | None = None  # why the open transaction must be aborted
+        self._recovery: asyncio.Task[None] | None = None
+        self._cycle_task: asyncio.Future[bool] | None = None
+        self._began = time.monotonic()
+        self._fenced = False
+
+    async def attach(self, txn: TransactionalProducer, outputs: Outputs) -> None:
+        """Start the worker's transactions (fencing a previous process with its id) on the
+        sink that writes its outputs; called before the pipeline produces anything."""
+        await txn.start()
+        self._txn, self._outputs = txn, outputs
+        self._began = time.monotonic()
+        log.info("exactly-once: transactional producer ready")
+
+    async def admit(self) -> None:
+        """Wait while hand-outs are stopped (a cycle or a recovery runs)."""
+        if not self._open.is_set():
+            await self._open.wait()
+
+    def output_failed(self, err: KafkaError) -> None:
+        """The sink's producer failed in the open transaction: fenced (fatal), or abort it."""
+        if err.fatal():
+            self._fence(err.str())
+        else:
+            self.must_abort("delivery_failed")
+
+    def must_abort(self, reason: str) -> None:
+        """The open transaction cannot commit (``reason``: a bounded label): abort it soon."""
+        if self._txn is None or self._fenced:
+            return
+        if self._must_abort is None:
+            log.warning("exactly-once: the open transaction will be aborted (%s)", reason)
+            self._must_abort = reason
+        if self._outputs is not None:
+            self._outputs.discarding = True
+        self._open.clear()
+        self.schedule()
+
+    def schedule(self) -> None:
+        """Start a cycle unless one runs (the periodic commit: never waits for a slow cycle)."""
+        if self._cycle_task is None or self._cycle_task.done():
+            self._cycle_task = asyncio.ensure_future(self.commit())
+
+    async def commit(self, idle_timeout: float | None = None) -> bool:
+        """Run one cycle; True if a transaction was committed. A cycle whose pipeline is not empty
+        within ``idle_timeout`` (a revoke cannot wait longer) aborts its transaction."""
+        if self._txn is None or self._fenced or self._recovering():
+            return False
+        async with self._lock:
+            if self._recovering() or self._fenced:
+                return False
+            if self._must_abort is None and not self._pending():
+                return False
+            self._open.clear()
+            try:
+                return await self._cycle(idle_timeout)
+            finally:
+                if not self._recovering():
+                    self._open.set()
+
+    async def _cycle(self, idle_timeout: float | None) -> bool:
+        wait = self._stall_s if idle_timeout is None else min(idle_timeout, self._stall_s)
+        log.debug("cycle: waiting for %d records in flight", self._positions.in_flight())
+        if not await self._idle(wait) and self._must_abort is None:
+            # Triton down, a slow model: the transaction would outlive its timeout, and a
+            # transaction the broker aborts fences its producer for good. Abort it now instead.
+            self._must_abort = "pipeline_stalled" if idle_timeout is None else "revoke_timeout"
+        if self._must_abort is not None:
+            await self._abort(self._must_abort)
+            return False
+        assert self._txn is not None and self._outputs is not None
+        offsets = self._positions.to_commit()
+        group = self._group()
+        records = self._outputs.produced
+        log.debug("cycle: committing %d outputs and positions %s", records, offsets)
+        try:
+            await self._txn.commit(offsets, group.group_metadata() if group is not None and offsets else None)
+        except TransactionAborted as err:
+            log.warning("exactly-once: %s", err)
+            await self._abort("commit_failed")
+            return False
+        except TransactionFenced as err:
+            self._fence(str(err))
+            return False
+        self._positions.committed(dict(offsets))
+        now = time.monotonic()
+        self._metrics.committed(now - self._began, records)
+        self._began = now
+        self._outputs.produced = 0
+        return True
+
+    def _pending(self) -> bool:
+        return bool(self._outputs is not None and self._outputs.produced) or bool(self._positions.to_commit())
+
+    async def _idle(self, timeout: float | None) -> bool:
+        positions = self._positions
+        if positions.in_flight() == 0:
+            return True
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        positions.when(lambda: positions.in_flight() == 0, lambda: _resolve(done))
+        try:
+            await asyncio.wait_for(done, timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _abort(self, reason: str) -> None:
+        """Abort the open transaction now; the rewind follows once the pipeline is empty."""
+        assert self._txn is not None and self._outputs is not None
+        self._outputs.discarding = True
+        self._must_abort = None
+        try:
+            await self._txn.abort()
+        except TransactionFenced as err:
+            self._fence(str(err))
+            return
+        self._metrics.aborted(reason)
+        self._began = time.monotonic()
+        log.warning("exactly-once: transaction aborted (%s); its records are processed again", reason)
+        self._recovery = asyncio.ensure_future(self._recover())
+
+    async def _recover(self) -> None:
+        """Once every record handed out is answered (their outputs discarded), read each partition
+        again from its last committed position, then let hand-outs go on."""
+        assert self._outputs is not None
+        await self._idle(None)
+        group = self._group()
+        owned = group.assignment() if group is not None else set()
+        committed = {tp: part.committed for tp, part in self._positions.items() if tp in owned}
+        for tp, offset in committed.items():
+            self._positions.assign(tp, offset)
+        self._outputs.produced = 0
+        self._outputs.discarding = False
+        if group is not None and committed:
+            await group.rewind(committed)
+        self._recovery = None
+        if self._must_abort is None:
+            self._open.set()
+        else:
+            asyncio.ensure_future(self.commit())
+
+    def _recovering(self) -> bool:
+        return self._recovery is not None and not self._recovery.done()
+
+    def _fence(self, reason: str) -> None:
+        if self._fenced:
+            return
+        self._fenced = True
+        self._open.clear()  # nothing more is handed out; the worker stops
+        self._metrics.aborted("fenced")
+        self._on_fenced(f"exactly-once: this worker's producer was fenced, stopping: {reason}")
+
+    async def revoking(self, tps: Sequence[TPKey], timeout: float) -> None:
+        """Partitions are being revoked: commit what was answered (or abort) before they go."""
+        if self._txn is None:
+            return
+        if not await self.commit(idle_timeout=timeout) and self._recovering():
+            log.info("exactly-once: %s released after an abort; their next owner reads them again", tps)
+
+    def lost(self, tps: Sequence[TPKey]) -> None:
+        """Partitions were lost: the open transaction holds their outputs and must not commit."""
+        self.must_abort("partitions_lost")
+
+
+class _NoMetrics:
+    def committed(self, seconds: float, records: int) -> None:
+        """Not measured."""
+
+    def aborted(self, reason: str) -> None:
+        """Not measured."""
+
+
+NO_TRANSACTION_METRICS: TransactionMetrics = _NoMetrics()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
