@@ -9,7 +9,7 @@ included), and records whose key and headers are arbitrary bytes, under and
 over their limits. Batches are decoded with a small held-bytes budget, so they
 are split into several groups. The expected outcome comes from
 :func:`expected_reason`, the event contract written as a checklist in the
-codec's order of checks; the tensor part is derived from the nested lists
+decoder's order of checks; the tensor part is derived from the nested lists
 themselves, not from numpy.
 """
 
@@ -95,7 +95,7 @@ def _leaves(value: Any) -> list[Any]:
 
 
 def _leaf_count(value: Any) -> int:
-    """Elements as the codec counts them: scalars and empty lists."""
+    """Elements as the decoder counts them: scalars and empty lists."""
     if isinstance(value, list) and value:
         return sum(_leaf_count(item) for item in value)
     return 1
