@@ -137,7 +137,7 @@ def bench_system(
 def bench_events(seed: int, fmt: str = "json") -> Iterator[GeneratedEvent]:
     """An endless stream of ``MODEL``'s events, the same for every system given the same seed.
 
-    ``fmt``: ``json`` or ``binary`` (the binary tensor format, see engine/binary_format.py).
+    ``fmt``: ``json`` or ``binary`` (the binary tensor format, see engine/contract/wire.py).
     """
     profiles = load_profiles(REPO / "model_repository", [MODEL])
     return generate(profiles, 10**9, seed=seed, keys=256, fmt=fmt)

@@ -29,7 +29,7 @@ class SystemSpec:
     adaptive: bool = False
     slo_ms: float = SLO_MS  # the adaptive controller's p99 target
     quick: bool = True  # part of --quick runs
-    event_format: str = "json"  # of the events it is offered: json | binary (engine/binary_codec.py)
+    event_format: str = "json"  # of the events it is offered: json | binary (engine/contract/binary_input.py)
 
 
 SYSTEMS = (

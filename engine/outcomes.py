@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.adaptive import AdaptiveBatching
-from engine.binary_format import BinaryPredictions
-from engine.codec import encode_prediction
+from engine.contract.outputs import BinaryPredictions, encode_prediction
 from engine.dlq import HEADER_OVERHEAD, RECORD_OVERHEAD, dead_letter_record, fit_record, record_size
 from engine.errors import Reason
 from engine.ports import NO_TRACING, TRACE_HEADERS, ObserveMany

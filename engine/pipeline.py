@@ -35,7 +35,8 @@ import numpy as np
 from engine.adaptive import AdaptiveBatching, AdaptiveConfig, run_controller
 from engine.batcher import MicroBatcher
 from engine.clock import Clock, LoopClock
-from engine.codec import DecodeContext, decode, decode_many
+from engine.contract.context import DecodeContext
+from engine.contract.decode import decode, decode_many
 from engine.errors import FatalError, Reason, error_code
 from engine.outcomes import Outcomes, describe, letters
 from engine.ports import (

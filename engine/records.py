@@ -117,7 +117,7 @@ class Event:
     record: RawRecord
     version: str = ""  # pinned by routing ("" = the version Triton serves)
     arm: str = ""  # A/B arm chosen by routing, if any
-    binary: bool = False  # arrived as a binary tensor event (engine/binary_codec.py)
+    binary: bool = False  # arrived as a binary tensor event (engine/contract/binary_input.py)
 
 
 @fast_init

@@ -16,7 +16,7 @@ never waits for, retries or counts on a shadow:
   shadow topic missing) - shadows are for comparison, not for delivery.
 
 Outcomes are counted in ``sie_shadow_predictions_total{model, outcome}``. Shadow predictions are
-encoded by the core, beside predictions (:mod:`engine.prediction_json`). With an ``agreement``
+encoded by the core, beside predictions (:mod:`engine.contract.outputs`). With an ``agreement``
 tracker each shadow answer is also compared with the primary's (models/agreement.py).
 """
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from engine.contract.outputs import encode_shadow_prediction
 from engine.ports import InferenceBackend, Sink
-from engine.prediction_json import encode_shadow_prediction
 from engine.records import Batch, OutRecord
 from engine.routing import Router
 from engine.settings import RouteTarget

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 from google.protobuf import json_format
 
-from engine.binary_format import encode_binary_event
+from engine.contract.wire import encode_binary_event
 from engine.modelspec import ModelSpec, spec_from_config
 from engine.records import Headers
 from inference.repository import model_dirs, parse_config

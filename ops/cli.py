@@ -75,7 +75,7 @@ def _logging(level: str) -> None:
 
 
 class EventFormat(str, Enum):
-    """How events are written (engine/codec.py, engine/binary_format.py)."""
+    """How events are written (engine/contract/json_input.py, engine/contract/wire.py)."""
 
     json = "json"
     binary = "binary"

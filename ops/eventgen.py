@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from engine.binary_format import encode_binary_event
+from engine.contract.wire import encode_binary_event
 from inference.repository import parse_config
 
 FORMATS = ("json", "binary")
@@ -108,7 +108,7 @@ def generate(
 ) -> Iterator[GeneratedEvent]:
     """``count`` events cycling over ``profiles``, keyed ``k0..k{keys-1}``.
 
-    ``fmt``: ``json`` (the ``features`` shorthand) or ``binary`` (engine/binary_format.py).
+    ``fmt``: ``json`` (the ``features`` shorthand) or ``binary`` (engine/contract/wire.py).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown event format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from engine.binary_format import binary_header_length
+from engine.contract.wire import binary_header_length
 from ops.eventgen import GeneratedEvent
 from streams.producer import Headers, new_producer, produce_waiting
 

@@ -49,7 +49,7 @@ class UpOptions:
     model_repository: Path = Path("model_repository")
     ports: StackPorts = StackPorts()
     demo_rate: float = 0.0
-    event_format: str = "json"  # of the demo's events: json | binary (engine/binary_format.py)
+    event_format: str = "json"  # of the demo's events: json | binary (engine/contract/wire.py)
     malformed_every: int = 200
     duration_s: float | None = None
     report: Path | None = None

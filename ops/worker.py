@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from engine.backoff import next_delay
 from engine.clock import LoopClock
-from engine.codec import DecodeContext
+from engine.contract.context import DecodeContext
 from engine.errors import RetryableError, error_code
 from engine.health import Liveness, ProcessStopper, with_liveness
 from engine.modelspec import ModelSpec

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.binary_format import CONTENT_TYPE_HEADER, HEADER_LENGTH_HEADER, decode_binary_value
+from engine.contract.wire import CONTENT_TYPE_HEADER, HEADER_LENGTH_HEADER, decode_binary_value
 from engine.settings import Settings
 from model_repository.numpy_reference import load_reference
 from ops.embedded import ManagedProcess, child_env, free_port

@@ -11,7 +11,7 @@ import orjson
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
-from engine.codec import DecodeContext
+from engine.contract.context import DecodeContext
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion, InferenceResult, OutRecord, RawRecord, SourceRef

@@ -86,7 +86,7 @@ def _adaptive_pipeline(batch: Any, backend: Any) -> Any:
     """A pipeline over fakes with adaptive batching on (``batch`` must say so)."""
     from prometheus_client import CollectorRegistry
 
-    from engine.codec import DecodeContext
+    from engine.contract.context import DecodeContext
     from engine.pipeline import Pipeline, PipelineParts
     from engine.retry import CircuitBreaker, Retrier
     from engine.settings import LimitSettings, RetrySettings, TopicSettings

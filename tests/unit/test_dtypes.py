@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.codec import DecodeContext, decode, decode_many
+from engine.contract.context import DecodeContext
+from engine.contract.decode import decode, decode_many
 from engine.errors import Reason
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event

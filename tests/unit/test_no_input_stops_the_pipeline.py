@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 import engine.pipeline as pipeline_module
-from engine.codec import decode as real_decode
+from engine.contract.decode import decode as real_decode
 from engine.errors import TritonUnavailable
 from tests.unit.fakes import FakeSink
 from tests.unit.poison_support import (

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from engine.codec import DecodeContext
+from engine.contract.context import DecodeContext
 from engine.errors import InferenceFailed, TritonUnavailable
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from engine.codec import DecodeContext, decode
+from engine.contract.context import DecodeContext
+from engine.contract.decode import decode
 from engine.records import DeadLetter, Event
 from engine.settings import LimitSettings
 from ops.binary_events import BinaryConverter
@@ -42,7 +43,7 @@ def test_json_lines_convert_to_binary_events_with_the_models_dtypes() -> None:
 
 
 def test_the_load_generators_monitor_reads_ids_of_json_and_binary_predictions() -> None:
-    from engine.binary_format import BinaryPredictions
+    from engine.contract.outputs import BinaryPredictions
 
     converter = BinaryConverter.from_repository(REPOSITORY, "breast_cancer")
     ctx = DecodeContext(converter.specs, "breast_cancer", LimitSettings())

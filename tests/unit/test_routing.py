@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from engine.codec import DecodeContext, decode
+from engine.contract.context import DecodeContext
+from engine.contract.decode import decode
 from engine.errors import ConfigError, InferenceFailed, Reason
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion, DeadLetter, Event, InferenceResult

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
 import streams.producer as producer_module
-from engine.codec import DecodeContext
+from engine.contract.context import DecodeContext
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion, OutRecord
 from engine.retry import CircuitBreaker, Retrier

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from engine.codec import DecodeContext
+from engine.contract.context import DecodeContext
 from engine.errors import InferenceFailed
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion, Headers, InferenceResult, OutRecord, RawRecord

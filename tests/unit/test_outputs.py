@@ -1,11 +1,11 @@
-"""engine/prediction_json.py: shadow predictions, encoded by the core beside predictions."""
+"""engine/contract/outputs.py: shadow predictions, encoded by the core beside predictions."""
 
 from __future__ import annotations
 
 import numpy as np
 import orjson
 
-from engine.prediction_json import encode_shadow_prediction
+from engine.contract.outputs import encode_shadow_prediction
 from engine.records import Event, InferenceResult
 from tests.unit.fakes import raw
 

@@ -8,8 +8,10 @@ import numpy as np
 import orjson
 import pytest
 
-import engine.codec as codec
-from engine.codec import DecodeContext, decode, decode_many, encode_prediction
+import engine.contract.json_input as json_input
+from engine.contract.context import DecodeContext
+from engine.contract.decode import decode, decode_many
+from engine.contract.outputs import encode_prediction
 from engine.errors import Reason
 from engine.records import DeadLetter, Event
 from engine.settings import LimitSettings
@@ -161,9 +163,9 @@ def test_text_from_the_event_in_a_message_is_escaped_and_bounded(value: object) 
 
 def test_an_unforeseen_failure_is_a_dead_letter_not_an_exception(caplog: pytest.LogCaptureFixture) -> None:
     records = [raw(orjson.dumps({"id": f"e{i}", "features": [i, 2, 3]}), offset=i) for i in range(3)]
-    with mock.patch.object(codec, "to_tensor", side_effect=ZeroDivisionError("boom")):
+    with mock.patch.object(json_input, "to_tensor", side_effect=ZeroDivisionError("boom")):
         outs = [decode(records[0], CTX), *decode_many(records[:1], CTX)]
-    with mock.patch.object(codec, "stacked", side_effect=MemoryError()):
+    with mock.patch.object(json_input, "stacked", side_effect=MemoryError()):
         outs.extend(decode_many(records, CTX))  # the batch path falls back to each event alone
     letters = [o for o in outs[:2] if isinstance(o, DeadLetter)]
     assert len(letters) == 2 and all(d.reason is Reason.INVALID_EVENT for d in letters)

@@ -10,8 +10,9 @@ from unittest import mock
 import orjson
 import pytest
 
-import engine.codec as codec
-from engine.codec import DecodeContext, decode, decode_many
+import engine.contract.json_input as json_input
+from engine.contract.context import DecodeContext
+from engine.contract.decode import decode, decode_many
 from engine.errors import Reason
 from engine.records import DeadLetter, Event, RawRecord
 from engine.settings import LimitSettings, Settings
@@ -59,7 +60,7 @@ def test_a_null_header_value_counts_as_empty() -> None:
 
 
 def test_key_and_headers_are_checked_before_the_value_is_parsed() -> None:
-    with mock.patch.object(codec.orjson, "loads", side_effect=AssertionError("value parsed")):
+    with mock.patch.object(json_input.orjson, "loads", side_effect=AssertionError("value parsed")):
         for record in (raw(b"{oops", key=b"k" * 17), raw(None, headers=(("a", b"x" * 41),))):
             out = decode(record, CTX)
             assert isinstance(out, DeadLetter) and out.reason is Reason.TOO_LARGE
@@ -114,13 +115,13 @@ def test_decoding_in_budgeted_groups_gives_each_record_what_decode_gives_it_alon
     records = [raw(v, offset=i) for i, v in enumerate(values)]
     ctx = DecodeContext({"m": spec("m", 3)}, "m", LimitSettings(max_held_value_bytes=300))
     groups: list[int] = []
-    real = codec.stacked
+    real = json_input.stacked
 
     def spy(t: object, group: list[object]) -> object:
         groups.append(len(group))
         return real(t, group)  # type: ignore[arg-type]
 
-    with mock.patch.object(codec, "stacked", side_effect=spy):
+    with mock.patch.object(json_input, "stacked", side_effect=spy):
         outs = decode_many(records, ctx)
     assert len(groups) > 1 and max(groups) * 27 <= 300  # each value is at least 27 bytes
     for record, out in zip(records, outs, strict=True):

@@ -9,7 +9,7 @@ included), and records whose key and headers are arbitrary bytes, under and
 over their limits. Batches are decoded with a small held-bytes budget, so they
 are split into several groups. The expected outcome comes from
 :func:`expected_reason`, the event contract written as a checklist in the
-codec's order of checks; the tensor part is derived from the nested lists
+decoder's order of checks; the tensor part is derived from the nested lists
 themselves, not from numpy.
 """
 
@@ -24,9 +24,11 @@ import orjson
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-import engine.codec as codec
-from engine.binary_format import BINARY_CONTENT_TYPE, CONTENT_TYPE_HEADER, HEADER_LENGTH_HEADER
-from engine.codec import MAX_MESSAGE_CHARS, DecodeContext, decode, decode_many
+import engine.contract.json_input as json_input
+from engine.contract.context import DecodeContext
+from engine.contract.decode import decode, decode_many
+from engine.contract.input_checks import MAX_MESSAGE_CHARS
+from engine.contract.wire import BINARY_CONTENT_TYPE, CONTENT_TYPE_HEADER, HEADER_LENGTH_HEADER
 from engine.errors import Reason
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event, Headers
@@ -93,7 +95,7 @@ def _leaves(value: Any) -> list[Any]:
 
 
 def _leaf_count(value: Any) -> int:
-    """Elements as the codec counts them: scalars and empty lists."""
+    """Elements as the decoder counts them: scalars and empty lists."""
     if isinstance(value, list) and value:
         return sum(_leaf_count(item) for item in value)
     return 1
@@ -507,7 +509,7 @@ def test_nan_and_infinity_literals_are_invalid_json(literal: str, position: int,
 def test_values_over_the_byte_limit_are_too_large_before_parsing(size: int) -> None:
     head = b'{"id": "a", "features": [1, 2, 3], "pad": "'
     value = head + b"x" * (size - len(head) - 2) + b'"}'
-    with mock.patch.object(codec.orjson, "loads", side_effect=AssertionError("parsed over the limit")):
+    with mock.patch.object(json_input.orjson, "loads", side_effect=AssertionError("parsed over the limit")):
         out = decode(raw(value), CTX)
     assert isinstance(out, DeadLetter) and out.reason is Reason.TOO_LARGE
 
@@ -523,7 +525,7 @@ def test_inputs_over_the_element_limit_are_too_large_before_any_array_is_made(
 ) -> None:
     features = _nested(depth - 1, [[0.5] * cols for _ in range(rows)])
     value = orjson.dumps({"id": "a", "features": features})
-    with mock.patch.object(codec.np, "asarray", wraps=np.asarray) as asarray:
+    with mock.patch.object(json_input.np, "asarray", wraps=np.asarray) as asarray:
         out = check(value)
     if rows * cols > LIMITS.max_elements:
         assert isinstance(out, DeadLetter) and out.reason is Reason.TOO_LARGE
@@ -611,7 +613,7 @@ def test_one_bad_tensor_in_a_valid_batch_gets_its_own_reason(
 def test_a_valid_batch_is_converted_in_one_piece() -> None:
     values = [orjson.dumps({"id": f"e{i}", "features": [i, 2.5, -1.0]}) for i in range(50)]
     ctx = DecodeContext(MODELS, "m", LIMITS.model_copy(update={"max_held_value_bytes": 1_000_000}))
-    with mock.patch.object(codec, "to_tensor", side_effect=AssertionError("per-event path used")):
+    with mock.patch.object(json_input, "to_tensor", side_effect=AssertionError("per-event path used")):
         outs = decode_many([raw(v) for v in values], ctx)
     assert all(isinstance(o, Event) for o in outs)
     assert [o.inputs["features"][0] for o in outs if isinstance(o, Event)] == list(range(50))

@@ -10,15 +10,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.binary_format import (
+from engine.contract.context import DecodeContext
+from engine.contract.decode import decode, decode_many
+from engine.contract.outputs import BinaryPredictions
+from engine.contract.wire import (
     BINARY_CONTENT_TYPE,
     CONTENT_TYPE_HEADER,
     HEADER_LENGTH_HEADER,
-    BinaryPredictions,
     decode_binary_value,
     encode_binary_event,
 )
-from engine.codec import DecodeContext, decode, decode_many
 from engine.errors import Reason
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event, RawRecord

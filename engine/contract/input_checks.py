@@ -1,22 +1,25 @@
-"""What every event format checks the same way: the record's envelope, the id, the model; dead letters.
+"""What every input format checks the same way: envelope, id, model, input names; dead letters.
 
-JSON events (:mod:`engine.codec`) and binary tensor events
-(:mod:`engine.binary_codec`) share these checks, so both give the same reason
-codes and messages for the same fault.
+JSON events (:mod:`engine.contract.json_input`) and binary tensor events
+(:mod:`engine.contract.binary_input`) share these checks, so both give the same
+reason codes and messages for the same fault. :func:`fanned_out` is the one
+place a group of one model's events becomes events from per-input columns.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence, Set
+from typing import Any, Protocol, TypeVar
 
-from engine.dtypes import json_kind
+import numpy as np
+
+from engine.contract.context import DecodeContext
+from engine.contract.dtypes import json_kind
 from engine.errors import EventError, Reason
 from engine.modelspec import ModelSpec
-from engine.records import DeadLetter, RawRecord
-from engine.routing import Route, Router
+from engine.records import DeadLetter, Event, RawRecord
+from engine.routing import Route
 from engine.safe_text import cleaned, shown
 from engine.settings import LimitSettings
 
@@ -24,16 +27,6 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 500  # of a dead letter's message
 SHOWN_NAME_CHARS = 64  # of a model or input name quoted from an event
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeContext:
-    """What decoding needs: the served models and the limits."""
-
-    models: Mapping[str, ModelSpec]
-    default_model: str
-    limits: LimitSettings
-    router: Router | None = None  # None: the event's model, else default_model
 
 
 def check_envelope(record: RawRecord, limits: LimitSettings) -> None:
@@ -94,6 +87,62 @@ def route_of(
     if spec is None:
         raise EventError(Reason.UNKNOWN_MODEL, f"model {shown(route.model, SHOWN_NAME_CHARS)} is not served")
     return spec, route
+
+
+def check_input_names(names: Set[str], spec: ModelSpec) -> None:
+    """Every input of ``spec`` in ``names`` (else ``missing_input``) and no other (``invalid_event``)."""
+    expected = {t.name for t in spec.inputs}
+    missing = sorted(expected - names)
+    if missing:
+        raise EventError(Reason.MISSING_INPUT, f"inputs {missing} missing for {spec.name!r}")
+    extra = sorted(names - expected)
+    if extra:
+        listed = ", ".join(shown(n, SHOWN_NAME_CHARS // 2) for n in extra[:3])
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise EventError(Reason.INVALID_EVENT, f"unknown inputs {listed}{more} for {spec.name!r}")
+
+
+class Checked(Protocol):
+    """An input event whose fields passed the checks above (its tensors not yet converted)."""
+
+    @property
+    def record(self) -> RawRecord: ...
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def route(self) -> Route: ...
+
+
+_P = TypeVar("_P", bound=Checked)
+
+
+def fanned_out(
+    group: Sequence[_P],
+    model: str,
+    columns: Mapping[str, np.ndarray] | None,
+    one: Callable[[_P], Event | DeadLetter],
+    *,
+    binary: bool = False,
+) -> list[Event | DeadLetter]:
+    """The events of ``group`` (one model's) from per-input ``columns``, row ``k`` being ``group[k]``'s.
+
+    ``columns`` None (a value did not convert in one piece): each event by ``one``, so every
+    event gets its own result or precise reason.
+    """
+    if columns is None:
+        return [one(p) for p in group]
+    return [
+        Event(
+            p.event_id,
+            model,
+            {n: a[k] for n, a in columns.items()},
+            p.record,
+            version=p.route.version,
+            arm=p.route.arm,
+            binary=binary,
+        )
+        for k, p in enumerate(group)
+    ]
 
 
 def letter(record: RawRecord, err: EventError) -> DeadLetter:

@@ -1,4 +1,4 @@
-"""Binary tensor events: KServe v2's binary tensor extension, carried in a Kafka record.
+"""The binary wire layout: KServe v2's binary tensor extension, carried in a Kafka record.
 
 A record whose ``content-type`` header is :data:`BINARY_CONTENT_TYPE` holds
 
@@ -16,8 +16,9 @@ A record whose ``content-type`` header is :data:`BINARY_CONTENT_TYPE` holds
 
 Predictions of binary events are binary too (``outputs`` described the same
 way, then their bytes), unless ``SIE_TOPICS__OUTPUT_FORMAT`` says otherwise.
-This module writes both (events for producers, predictions for the pipeline)
-and reads them back; :mod:`engine.binary_codec` decodes and checks events.
+This module writes events (for producers) and reads binary values back (for
+consumers of the outputs); :mod:`engine.contract.binary_input` decodes and
+checks events, :mod:`engine.contract.outputs` writes predictions.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from engine.dtypes import triton_name
+from engine.contract.dtypes import triton_name
 from engine.modelspec import WIRE_DTYPES
-from engine.records import Event, Headers
+from engine.records import Headers
 
 BINARY_CONTENT_TYPE = "application/vnd.kserve.v2.binary"
 JSON_CONTENT_TYPE = "application/json"
@@ -43,58 +44,30 @@ def encode_binary_event(
     event_id: str, inputs: Mapping[str, np.ndarray], model: str | None = None
 ) -> tuple[bytes, Headers]:
     """A binary event's value and headers (for producers; ``inputs`` in the model's dtypes)."""
-    return _encode({"id": event_id} | ({"model": model} if model else {}), "inputs", inputs)
-
-
-class BinaryPredictions:
-    """Binary predictions of one batch: the outputs described and laid out once, sliced per event."""
-
-    def __init__(self, model_version: str, outputs: Mapping[str, np.ndarray]) -> None:
-        self._version = model_version
-        arrays = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")) for a in outputs.values()]
-        self._described = [
-            {
-                "name": name,
-                "datatype": _wire_name(a.dtype),
-                "shape": list(a.shape[1:]),
-                "parameters": {"binary_data_size": a[0].nbytes if len(a) else 0},
-            }
-            for name, a in zip(outputs, arrays, strict=True)
-        ]
-        self._blobs = [(a.tobytes(), a[0].nbytes if len(a) else 0) for a in arrays]
-
-    def encode(self, event: Event, row: int, timing_ms: Mapping[str, float]) -> tuple[bytes, Headers]:
-        """The value and headers of the prediction for ``event``, the batch's row ``row``."""
-        doc: dict[str, Any] = {"id": event.id, "model": event.model, "model_version": self._version}
-        if event.arm:
-            doc["arm"] = event.arm
-        doc["timing_ms"] = timing_ms
-        doc["outputs"] = self._described
-        header = orjson.dumps(doc)
-        parts = [header]
-        parts += [blob[row * size : (row + 1) * size] for blob, size in self._blobs]
-        length = b"%d" % len(header)
-        return b"".join(parts), ((CONTENT_TYPE_HEADER, _BINARY), (HEADER_LENGTH_HEADER, length))
-
-
-def _wire_name(dtype: np.dtype[Any]) -> str:
-    return triton_name(dtype.newbyteorder("="))
-
-
-def _encode(doc: dict[str, Any], key: str, tensors: Mapping[str, np.ndarray]) -> tuple[bytes, Headers]:
-    arrays = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")) for a in tensors.values()]
-    doc[key] = [
-        {
-            "name": name,
-            "datatype": _wire_name(a.dtype),
-            "shape": list(a.shape),
-            "parameters": {"binary_data_size": a.nbytes},
-        }
-        for name, a in zip(tensors, arrays, strict=True)
+    doc: dict[str, Any] = {"id": event_id} | ({"model": model} if model else {})
+    arrays = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")) for a in inputs.values()]
+    doc["inputs"] = [
+        tensor_description(name, wire_name(a.dtype), list(a.shape), a.nbytes)
+        for name, a in zip(inputs, arrays, strict=True)
     ]
     header = orjson.dumps(doc)
     value = b"".join([header, *(a.tobytes() for a in arrays)])
-    return value, ((CONTENT_TYPE_HEADER, _BINARY), (HEADER_LENGTH_HEADER, str(len(header)).encode()))
+    return value, binary_headers(len(header))
+
+
+def tensor_description(name: str, datatype: str, shape: list[int], size: int) -> dict[str, Any]:
+    """One tensor as an inference header lists it (``binary_data_size``: its bytes)."""
+    return {"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": size}}
+
+
+def binary_headers(header_length: int) -> Headers:
+    """The Kafka headers of a binary record whose JSON header is ``header_length`` bytes."""
+    return ((CONTENT_TYPE_HEADER, _BINARY), (HEADER_LENGTH_HEADER, b"%d" % header_length))
+
+
+def wire_name(dtype: np.dtype[Any]) -> str:
+    """The Triton name of ``dtype`` whatever its byte order (``FP32``)."""
+    return triton_name(dtype.newbyteorder("="))
 
 
 def media_type(content_type: bytes) -> bytes:

@@ -1,87 +1,45 @@
-"""Decoding binary tensor events (the layout: :mod:`engine.binary_format`).
+"""Decoding binary tensor events (the layout: :mod:`engine.contract.wire`).
 
 Events are checked exactly as JSON events are - the same limits and reason
-codes: ``datatype`` must be the model's (``bad_dtype``), ``shape`` its dims
-(``bad_shape``), floats finite and booleans 0 or 1 (``bad_dtype``). A chunk's
-events of one model whose header lists the model's inputs exactly as expected
-are converted together: their bytes joined once, one ``numpy.frombuffer`` per
-chunk and input, one finiteness check; anything else (or a group that fails a
-check) is converted event by event, for a precise reason.
+codes (:mod:`engine.contract.input_checks`): ``datatype`` must be the model's
+(``bad_dtype``), ``shape`` its dims (``bad_shape``), floats finite and booleans
+0 or 1 (``bad_dtype``). A chunk's events of one model whose header lists the
+model's inputs exactly as expected are held (:class:`BinaryHeld`) and converted
+together: their bytes joined once, one ``numpy.frombuffer`` per chunk and
+input, one finiteness check; anything else (or a group that fails a check) is
+converted event by event, for a precise reason.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
-from engine.binary_format import (
-    BINARY_CONTENT_TYPE,
-    CONTENT_TYPE_HEADER,
-    HEADER_LENGTH_HEADER,
-    JSON_CONTENT_TYPE,
-    media_type,
-)
-from engine.dtypes import json_kind, triton_name
-from engine.errors import EventError, Reason
-from engine.event_checks import (
-    SHOWN_NAME_CHARS,
-    DecodeContext,
+from engine.contract.context import DecodeContext
+from engine.contract.dtypes import json_kind, triton_name
+from engine.contract.input_checks import (
     check_envelope,
+    check_input_names,
     check_value_size,
     event_id_of,
+    fanned_out,
     internal_letter,
     letter,
     route_of,
 )
+from engine.contract.wire import HEADER_LENGTH_HEADER, tensor_description
+from engine.errors import EventError, Reason
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event, RawRecord, fast_init
 from engine.routing import Route
 from engine.safe_text import cleaned, shown
-from engine.settings import LimitSettings
 
-_BINARY = BINARY_CONTENT_TYPE.encode()
-_JSON = JSON_CONTENT_TYPE.encode()
 _MAX_HEADER_DIGITS = 10
-
-
-def is_binary(record: RawRecord) -> bool | None:
-    """True for a binary tensor event, False for JSON (the default), None for another content-type."""
-    headers = record.headers
-    if not headers:
-        return False
-    value = record.header(CONTENT_TYPE_HEADER)
-    if value is None:
-        return False
-    kind = media_type(value)
-    if kind == _BINARY:
-        return True
-    return False if kind == _JSON or not kind else None
-
-
-def content_type_letter(record: RawRecord, limits: LimitSettings) -> DeadLetter:
-    """The dead letter of a record whose content-type is neither JSON nor binary tensors.
-
-    The key and headers are checked first, as for every record (a record over their limits is
-    ``too_large`` whatever it says it holds).
-    """
-    try:
-        check_envelope(record, limits)
-    except EventError as err:
-        return letter(record, err)
-    shown_type = shown(record.header(CONTENT_TYPE_HEADER) or b"", SHOWN_NAME_CHARS)
-    return letter(
-        record,
-        EventError(
-            Reason.INVALID_EVENT,
-            f"content-type {shown_type} is not supported: use {JSON_CONTENT_TYPE} (the default) "
-            f"or {BINARY_CONTENT_TYPE}",
-        ),
-    )
 
 
 @fast_init
@@ -182,14 +140,7 @@ def expected_inputs(spec: ModelSpec) -> list[dict[str, Any]] | None:
         if n is None or t.dtype.kind not in "biuf":
             return None
         size = n * t.dtype.itemsize
-        out.append(
-            {
-                "name": t.name,
-                "datatype": triton_name(t.dtype),
-                "shape": list(t.dims),
-                "parameters": {"binary_data_size": size},
-            }
-        )
+        out.append(tensor_description(t.name, triton_name(t.dtype), list(t.dims), size))
     return out
 
 
@@ -199,9 +150,15 @@ def convert_together(group: Sequence[BinaryParsed], ctx: DecodeContext) -> list[
     Falls back to :func:`convert_one` for every event when a value or a size does not check out.
     """
     spec = group[0].spec
+    columns = _columns(group, spec)
+    return fanned_out(group, spec.name, columns, lambda p: convert_one(p, ctx), binary=True)
+
+
+def _columns(group: Sequence[BinaryParsed], spec: ModelSpec) -> dict[str, np.ndarray] | None:
+    """One array per input of ``spec`` for the whole group; None when a size or a value is off."""
     row = sum((t.max_elements or 0) * t.dtype.itemsize for t in spec.inputs)
     if any(len(p.record.value or b"") - p.body != row for p in group):
-        return [convert_one(p, ctx) for p in group]
+        return None
     blob = np.frombuffer(b"".join([(p.record.value or b"")[p.body :] for p in group]), np.uint8)
     rows = blob.reshape(len(group), row)
     columns: dict[str, np.ndarray] = {}
@@ -210,21 +167,10 @@ def convert_together(group: Sequence[BinaryParsed], ctx: DecodeContext) -> list[
         size = (t.max_elements or 0) * t.dtype.itemsize
         arr = _tensor(rows[:, at : at + size], t, (len(group), *t.dims))
         if arr is None:
-            return [convert_one(p, ctx) for p in group]
+            return None
         columns[t.name] = arr
         at += size
-    return [
-        Event(
-            p.event_id,
-            spec.name,
-            {n: a[k] for n, a in columns.items()},
-            p.record,
-            version=p.route.version,
-            arm=p.route.arm,
-            binary=True,
-        )
-        for k, p in enumerate(group)
-    ]
+    return columns
 
 
 def _tensor(raw: np.ndarray, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -279,15 +225,7 @@ def _by_name(listed: list[dict[str, Any]], spec: ModelSpec) -> dict[str, TensorS
         raise EventError(Reason.INVALID_EVENT, "every input needs a string 'name'")
     if len(set(names)) != len(names):
         raise EventError(Reason.INVALID_EVENT, "an input is listed twice")
-    expected = {t.name for t in spec.inputs}
-    missing = sorted(expected - set(names))
-    if missing:
-        raise EventError(Reason.MISSING_INPUT, f"inputs {missing} missing for {spec.name!r}")
-    extra = sorted(set(names) - expected)
-    if extra:
-        listed_names = ", ".join(shown(n, SHOWN_NAME_CHARS // 2) for n in extra[:3])
-        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
-        raise EventError(Reason.INVALID_EVENT, f"unknown inputs {listed_names}{more} for {spec.name!r}")
+    check_input_names(set(names), spec)
     return {t.name: t for t in spec.inputs}
 
 
@@ -342,3 +280,37 @@ def _checked(chunk: np.ndarray, t: TensorSpec, shape: tuple[int, ...]) -> np.nda
                 Reason.BAD_DTYPE, f"input {t.name!r}{at} is byte {int(chunk[bad[0]])}; BOOL takes 0 or 1"
             )
     return arr.astype(t.dtype, copy=True)  # its own memory, not the record's
+
+
+@dataclass(slots=True)
+class BinaryHeld:
+    """Binary events of a chunk whose headers list their model's inputs as expected, by model."""
+
+    ctx: DecodeContext
+    out: list[Event | DeadLetter | None]
+    groups: dict[str, list[tuple[int, BinaryParsed]]] = field(default_factory=dict)
+    expected: dict[str, list[dict[str, Any]] | None] = field(default_factory=dict)
+    layouts: Layouts = field(default_factory=dict)  # headers seen in this chunk
+
+    def add(self, index: int, record: RawRecord) -> None:
+        """Read the header of ``record`` (at ``index``): hold it, or write its result at once."""
+        parsed = parse_binary(record, self.ctx, self.layouts)
+        if isinstance(parsed, DeadLetter):
+            self.out[index] = parsed
+        elif parsed.inputs == self._expected(parsed.spec):
+            self.groups.setdefault(parsed.spec.name, []).append((index, parsed))
+        else:
+            self.out[index] = convert_one(parsed, self.ctx)
+
+    def _expected(self, spec: ModelSpec) -> list[dict[str, Any]] | None:
+        if spec.name not in self.expected:
+            self.expected[spec.name] = expected_inputs(spec)
+        return self.expected[spec.name]
+
+    def flush(self) -> None:
+        """Convert every held group and write the results."""
+        for members in self.groups.values():
+            items = convert_together([p for _, p in members], self.ctx)
+            for (i, _), item in zip(members, items, strict=True):
+                self.out[i] = item
+        self.groups.clear()
