@@ -1,7 +1,7 @@
 """One worker process: settings in, a running Faust worker out.
 
 A worker that cannot go on - a pipeline task died, Kafka refuses outputs for
-good - fails loudly (engine/health.py): the reason is logged as an error,
+good - fails loudly (engine/health.py, ops/process_stop.py): the reason is logged as an error,
 ``/healthz`` and ``/readyz`` answer 503 with it, and the process stops with
 exit status 70 instead of sitting on stalled partitions.
 """
@@ -22,7 +22,7 @@ from engine.backoff import next_delay
 from engine.clock import LoopClock
 from engine.codec import DecodeContext
 from engine.errors import RetryableError, error_code
-from engine.health import Liveness, ProcessStopper, with_liveness
+from engine.health import Liveness
 from engine.modelspec import ModelSpec
 from engine.pipeline import Pipeline, PipelineParts
 from engine.ports import NO_MODEL_HOOKS, NO_TRACING, InferenceBackend, ModelHooks, PipelineTracing
@@ -34,8 +34,9 @@ from inference.triton import TritonBackend
 from models.hooks import build_model_hooks
 from observability.metrics import EngineMetrics, create_metrics, observe_many
 from observability.otel_setup import configure_tracing
-from observability.server import serve
+from observability.server import serve, with_liveness
 from observability.tracing import INSTRUMENTATION, HeadSampler, OtelTracing
+from ops.process_stop import ProcessStopper
 from streams.app import Submit, add_batch_consumer, create_app
 from streams.driver import EngineConsumer
 from streams.faust_sensor import CommitHealth, EngineSensor

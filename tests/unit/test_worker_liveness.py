@@ -15,9 +15,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import ops.worker as worker_module
-from engine.health import FAILED_EXIT_CODE, Liveness, ProcessStopper, with_liveness
+from engine.health import FAILED_EXIT_CODE, Liveness
 from engine.settings import Settings
-from observability.server import make_app
+from observability.server import make_app, with_liveness
+from ops.process_stop import ProcessStopper
 from tests.unit.poison_support import MODELS, ScriptedBackend
 
 
