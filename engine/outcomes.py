@@ -49,7 +49,7 @@ _OWN_HEADERS_SLACK = 2048  # bytes of headers a prediction adds: content type, l
 def describe(err: BaseException) -> str:
     """A short description of an unexpected error for ``error.message``, escaped and bounded.
 
-    Error text can quote what a server or a library was given (Triton's messages do).
+    Error text can quote what a server or a library was given (an inference server's messages do).
     """
     return cleaned(f"{type(err).__name__}: {err}", _MAX_DESCRIPTION)
 
@@ -103,7 +103,7 @@ class Outcomes:
             await self._send(out, lambda: self._dead_delivered(dead))
 
     async def predictions(self, outcome: BatchOutcome) -> None:
-        """Produce one prediction per event of a batch Triton answered (or a dead letter, see above)."""
+        """Produce one prediction per event of a batch the backend answered (or a dead letter, see above)."""
         batch, result = outcome.batch, outcome.result
         assert result is not None
         wrong = _rows_problem(result, len(batch))
@@ -271,7 +271,7 @@ def _rows_problem(result: InferenceResult, events: int) -> str | None:
     for name, arr in result.outputs.items():
         rows = arr.shape[0] if getattr(arr, "ndim", 0) > 0 else None
         if rows != events:
-            return f"Triton answered {rows} rows of {name!r} for a batch of {events} events"
+            return f"the backend answered {rows} rows of {name!r} for a batch of {events} events"
     return None
 
 
@@ -289,7 +289,7 @@ def _event_times(
 ) -> tuple[list[float], list[float]]:
     """Per-event queue and total milliseconds in one numpy pass; observes the queue times on ``waits``.
 
-    queue = consumed -> sent to Triton; total = event timestamp -> now (consumed -> now when the
+    queue = consumed -> sent to the backend; total = event timestamp -> now (consumed -> now when the
     record has no timestamp).
     """
     received = np.fromiter((r.received_at for r in records), np.float64, len(records))

@@ -34,7 +34,7 @@ class InferenceBackend(Protocol):
         headers: Mapping[str, str] | None = None,
         version: str = "",
     ) -> InferenceResult:
-        """Run one batch (on ``version``, else the one Triton picks); raises RetryableError or FatalError."""
+        """Run one batch (on ``version``, else the backend's choice); raises RetryableError or FatalError."""
 
     async def model_specs(self) -> dict[str, ModelSpec]:
         """Specs of every model that is ready to serve."""
@@ -98,10 +98,10 @@ class PipelineTracing(Protocol):
         """A record was consumed: its event span starts."""
 
     def batch_headers(self, batch: Batch) -> dict[str, str] | None:
-        """Start the batch's span; the headers to send with its Triton request."""
+        """Start the batch's span; the headers to send with its inference request."""
 
     def batch_done(self, batch: Batch, error: BaseException | None = None) -> None:
-        """The batch's Triton call ended (``error`` when it failed fatally)."""
+        """The batch's inference call ended (``error`` when it failed fatally)."""
 
     def outgoing(self, record: RawRecord, out: OutRecord) -> OutRecord:
         """``out`` (produced for ``record``) carrying the record's span context."""
@@ -144,13 +144,13 @@ class PipelineMetrics(Protocol):
     @property
     def dead_letters(self) -> Any: ...
     @property
-    def triton_errors(self) -> Any: ...
+    def backend_errors(self) -> Any: ...
     @property
     def e2e_latency(self) -> Any: ...
     @property
     def batch_wait(self) -> Any: ...
     @property
-    def triton_latency(self) -> Any: ...
+    def backend_latency(self) -> Any: ...
     @property
     def batch_size(self) -> Any: ...
     @property

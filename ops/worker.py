@@ -184,7 +184,7 @@ class Worker:
         self.metrics.fetch_restarts.labels(tp[0], str(tp[1])).inc()
 
     def _on_retry(self, err: RetryableError) -> None:
-        self.metrics.triton_errors.labels(error_code(err)).inc()
+        self.metrics.backend_errors.labels(error_code(err)).inc()
         self.metrics.retries.labels("*").inc()
 
     async def _on_shutdown(self, app: faust.App, **_: Any) -> None:

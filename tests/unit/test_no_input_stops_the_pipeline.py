@@ -18,7 +18,7 @@ import pytest
 
 import engine.pipeline as pipeline_module
 from engine.codec import decode as real_decode
-from engine.errors import TritonUnavailable
+from engine.errors import BackendUnavailable
 from tests.unit.fakes import FakeSink
 from tests.unit.poison_support import (
     LibrdkafkaSizedSink,
@@ -223,7 +223,7 @@ async def test_outputs_the_producer_gives_up_on_are_never_acknowledged_and_fail_
 
 async def test_retryable_errors_on_variable_length_batches_are_retried_never_dead_lettered() -> None:
     def unavailable(x: np.ndarray) -> dict[str, np.ndarray]:
-        raise TritonUnavailable("UNAVAILABLE: restarting")
+        raise BackendUnavailable("UNAVAILABLE: restarting")
 
     sink = FakeSink()
     p = pipeline(ScriptedBackend([unavailable] * 5), sink, max_size=8)

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from engine.codec import DecodeContext
-from engine.errors import InferenceFailed, TritonUnavailable
+from engine.errors import BackendUnavailable, InferenceFailed
 from engine.pipeline import Pipeline, PipelineParts
 from engine.records import Completion
 from engine.retry import CircuitBreaker, Retrier
@@ -115,7 +115,7 @@ async def test_offsets_are_released_only_after_the_broker_acknowledges() -> None
 
 async def test_retryable_failure_is_retried_not_dead_lettered() -> None:
     backend, sink = FakeBackend(), FakeSink()
-    backend.errors = [TritonUnavailable("UNAVAILABLE: down"), TritonUnavailable("UNAVAILABLE: down")]
+    backend.errors = [BackendUnavailable("UNAVAILABLE: down"), BackendUnavailable("UNAVAILABLE: down")]
     p = _pipeline(backend, sink)
     await p.start()
     await p.submit(_chunk(3))

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.dlq import record_size
-from engine.errors import InferenceFailed, Reason, TritonUnavailable
+from engine.errors import BackendUnavailable, InferenceFailed, Reason
 from engine.records import OutRecord
 from engine.settings import LimitSettings
 from tests.unit.fakes import FakeSink
@@ -38,7 +38,7 @@ REASONS = {r.value for r in Reason}
 
 def _behaviour(name: str) -> Any:
     def unavailable(x: np.ndarray) -> Any:
-        raise TritonUnavailable("UNAVAILABLE: restarting")
+        raise BackendUnavailable("UNAVAILABLE: restarting")
 
     def fatal(x: np.ndarray) -> Any:
         raise InferenceFailed("INVALID_ARGUMENT: rejected")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import InferenceFailed, TritonUnavailable
+from engine.errors import BackendUnavailable, InferenceFailed
 from engine.retry import CircuitBreaker, CircuitState, Retrier
 from engine.settings import RetrySettings
 from tests.unit.fakes import ManualClock
@@ -42,7 +42,7 @@ async def test_retrier_retries_retryable_errors_until_success() -> None:
     async def flaky() -> str:
         attempts.append(clock.now())
         if len(attempts) < 5:
-            raise TritonUnavailable("UNAVAILABLE")
+            raise BackendUnavailable("UNAVAILABLE")
         return "ok"
 
     retried: list[Exception] = []

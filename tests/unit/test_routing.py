@@ -95,9 +95,11 @@ def test_invalid_experiments_are_refused(experiments: dict) -> None:
         router(experiments=experiments)
 
 
-def test_problems_name_targets_triton_does_not_serve() -> None:
+def test_problems_name_targets_the_backend_does_not_serve() -> None:
     r = router(**AB, shadows={"m": [{"model": "ghost"}]})
-    assert r.problems({"m": object()}) == ["routing names model 'ghost', which Triton does not serve"]
+    assert r.problems({"m": object()}) == [
+        "routing names model 'ghost', which the inference backend does not serve"
+    ]
 
 
 def test_workers_consume_the_events_topic_and_routed_topics() -> None:
