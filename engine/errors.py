@@ -25,6 +25,10 @@ from __future__ import annotations
 
 from enum import Enum
 
+from engine.safe_text import cleaned
+
+_MAX_DESCRIPTION = 500
+
 
 class Reason(str, Enum):
     """Stable machine-readable codes written to the ``error.reason`` header."""
@@ -97,3 +101,11 @@ def error_code(err: BaseException) -> str:
     """A bounded label for an error: its ``code`` (a backend error's gRPC status), else its class name."""
     code = err.code if isinstance(err, EngineError) else None
     return code if isinstance(code, str) else type(err).__name__
+
+
+def describe(err: BaseException) -> str:
+    """A short description of an unexpected error for ``error.message``, escaped and bounded.
+
+    Error text can quote what a server or a library was given (an inference server's messages do).
+    """
+    return cleaned(f"{type(err).__name__}: {err}", _MAX_DESCRIPTION)

@@ -24,39 +24,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from engine.adaptive import AdaptiveBatching
 from engine.binary_format import BinaryPredictions
 from engine.codec import encode_prediction
-from engine.dlq import HEADER_OVERHEAD, RECORD_OVERHEAD, dead_letter_record, fit_record, record_size
-from engine.errors import Reason
-from engine.ports import NO_TRACING, TRACE_HEADERS, ObserveMany
+from engine.dlq import HEADER_OVERHEAD, RECORD_OVERHEAD, dead_letter_record, fit_record, letters, record_size
+from engine.errors import Reason, describe
+from engine.ports import NO_TRACING, TRACE_HEADERS, ObserveMany, PipelineParts
 from engine.records import BatchOutcome, Completion, DeadLetter, Event, InferenceResult, OutRecord, RawRecord
-from engine.safe_text import cleaned
-
-if TYPE_CHECKING:
-    from engine.pipeline import PipelineParts
 
 log = logging.getLogger(__name__)
 
-_MAX_DESCRIPTION = 500
 _OWN_HEADERS_SLACK = 2048  # bytes of headers a prediction adds: content type, length, trace context
-
-
-def describe(err: BaseException) -> str:
-    """A short description of an unexpected error for ``error.message``, escaped and bounded.
-
-    Error text can quote what a server or a library was given (an inference server's messages do).
-    """
-    return cleaned(f"{type(err).__name__}: {err}", _MAX_DESCRIPTION)
-
-
-def letters(records: Iterable[RawRecord], reason: Reason, message: str) -> list[DeadLetter]:
-    """One dead letter per record, all with ``reason`` and ``message``."""
-    return [DeadLetter(record, reason, message) for record in records]
 
 
 class Outcomes:

@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,42 +34,14 @@ import numpy as np
 from engine.adaptive import AdaptiveBatching, AdaptiveConfig, run_controller
 from engine.batcher import MicroBatcher
 from engine.clock import Clock, LoopClock
-from engine.codec import DecodeContext, decode, decode_many
-from engine.errors import FatalError, Reason, error_code
-from engine.outcomes import Outcomes, describe, letters
-from engine.ports import (
-    NO_MODEL_HOOKS,
-    NO_TRACING,
-    InferenceBackend,
-    ModelHooks,
-    ObserveMany,
-    PipelineMetrics,
-    PipelineTracing,
-    Sink,
-    observe_each,
-)
+from engine.codec import decode, decode_many
+from engine.dlq import letters
+from engine.errors import FatalError, Reason, describe, error_code
+from engine.outcomes import Outcomes
+from engine.ports import NO_TRACING, PipelineParts
 from engine.records import Batch, BatchOutcome, DeadLetter, Event, InferenceResult, RawRecord
-from engine.retry import Retrier
-from engine.settings import BatchSettings, TopicSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PipelineParts:
-    """Everything a pipeline is built from."""
-
-    decode_ctx: DecodeContext
-    backend: InferenceBackend
-    retrier: Retrier
-    sink: Sink
-    topics: TopicSettings
-    batch: BatchSettings
-    metrics: PipelineMetrics
-    tracing: PipelineTracing = NO_TRACING
-    models: ModelHooks = NO_MODEL_HOOKS  # versions, A/B counts, drift, shadows (models/hooks.py)
-    on_failure: Callable[[str], None] | None = None  # told once if the pipeline can no longer deliver
-    observe_many: ObserveMany = observe_each  # observability.metrics.observe_many: one pass per batch
 
 
 class Pipeline:

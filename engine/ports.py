@@ -9,18 +9,25 @@ The core (``engine/``) depends only on these; the adapters implement them:
 * :class:`PipelineTracing`: ``observability.tracing.OtelTracing`` (:data:`NO_TRACING` by default);
 * :class:`PipelineMetrics`: ``observability.metrics.EngineMetrics``, with
   :data:`ObserveMany` (``observability.metrics.observe_many``; :func:`observe_each` by default).
+
+:class:`PipelineParts` bundles them (with the decode context, the retrier and the settings the
+pipeline reads) for :class:`engine.pipeline.Pipeline` and :class:`engine.outcomes.Outcomes`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from engine.codec import DecodeContext
 from engine.modelspec import ModelSpec
 from engine.records import Batch, InferenceResult, OutRecord, RawRecord
+from engine.retry import Retrier
+from engine.settings import BatchSettings, TopicSettings
 
 
 class InferenceBackend(Protocol):
@@ -169,3 +176,20 @@ def observe_each(histogram: Any, values: Sequence[float] | np.ndarray) -> None:
     """The plain :data:`ObserveMany`: one ``observe`` per value."""
     for v in values:
         histogram.observe(float(v))
+
+
+@dataclass(frozen=True)
+class PipelineParts:
+    """Everything a pipeline is built from."""
+
+    decode_ctx: DecodeContext
+    backend: InferenceBackend
+    retrier: Retrier
+    sink: Sink
+    topics: TopicSettings
+    batch: BatchSettings
+    metrics: PipelineMetrics
+    tracing: PipelineTracing = NO_TRACING
+    models: ModelHooks = NO_MODEL_HOOKS  # versions, A/B counts, drift, shadows (models/hooks.py)
+    on_failure: Callable[[str], None] | None = None  # told once if the pipeline can no longer deliver
+    observe_many: ObserveMany = observe_each  # observability.metrics.observe_many: one pass per batch

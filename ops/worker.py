@@ -24,8 +24,15 @@ from engine.codec import DecodeContext
 from engine.errors import RetryableError, error_code
 from engine.health import Liveness
 from engine.modelspec import ModelSpec
-from engine.pipeline import Pipeline, PipelineParts
-from engine.ports import NO_MODEL_HOOKS, NO_TRACING, InferenceBackend, ModelHooks, PipelineTracing
+from engine.pipeline import Pipeline
+from engine.ports import (
+    NO_MODEL_HOOKS,
+    NO_TRACING,
+    InferenceBackend,
+    ModelHooks,
+    PipelineParts,
+    PipelineTracing,
+)
 from engine.retry import CircuitBreaker, CircuitState, Retrier
 from engine.routing import Router
 from engine.settings import Settings

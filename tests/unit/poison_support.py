@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from engine.codec import DecodeContext
 from engine.modelspec import ModelSpec, TensorSpec
-from engine.pipeline import Pipeline, PipelineParts
+from engine.pipeline import Pipeline
+from engine.ports import PipelineParts
 from engine.records import Completion, InferenceResult, OutRecord, RawRecord, SourceRef
 from engine.retry import CircuitBreaker, Retrier
 from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings

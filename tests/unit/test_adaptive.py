@@ -87,7 +87,8 @@ def _adaptive_pipeline(batch: Any, backend: Any) -> Any:
     from prometheus_client import CollectorRegistry
 
     from engine.codec import DecodeContext
-    from engine.pipeline import Pipeline, PipelineParts
+    from engine.pipeline import Pipeline
+    from engine.ports import PipelineParts
     from engine.retry import CircuitBreaker, Retrier
     from engine.settings import LimitSettings, RetrySettings, TopicSettings
     from observability.metrics import create_metrics

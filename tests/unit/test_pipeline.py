@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry
 
 from engine.codec import DecodeContext
 from engine.errors import BackendUnavailable, InferenceFailed
-from engine.pipeline import Pipeline, PipelineParts
+from engine.pipeline import Pipeline
+from engine.ports import PipelineParts
 from engine.records import Completion
 from engine.retry import CircuitBreaker, Retrier
 from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings

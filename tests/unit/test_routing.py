@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from engine.codec import DecodeContext, decode
 from engine.errors import ConfigError, InferenceFailed, Reason
-from engine.pipeline import Pipeline, PipelineParts
+from engine.pipeline import Pipeline
+from engine.ports import PipelineParts
 from engine.records import Completion, DeadLetter, Event, InferenceResult
 from engine.retry import CircuitBreaker, Retrier
 from engine.routing import Route, Router, bucket, input_topics

@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 
 import streams.producer as producer_module
 from engine.codec import DecodeContext
-from engine.pipeline import Pipeline, PipelineParts
+from engine.pipeline import Pipeline
+from engine.ports import PipelineParts
 from engine.records import Completion, OutRecord
 from engine.retry import CircuitBreaker, Retrier
 from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
