@@ -24,7 +24,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -33,7 +32,7 @@ from engine.binary_format import BinaryPredictions
 from engine.codec import encode_prediction
 from engine.dlq import HEADER_OVERHEAD, RECORD_OVERHEAD, dead_letter_record, fit_record, letters, record_size
 from engine.errors import Reason, describe
-from engine.ports import NO_TRACING, TRACE_HEADERS, ObserveMany, PipelineParts
+from engine.ports import NO_TRACING, TRACE_HEADERS, HistogramLike, ObserveMany, PipelineParts
 from engine.records import BatchOutcome, Completion, DeadLetter, Event, InferenceResult, OutRecord, RawRecord
 
 log = logging.getLogger(__name__)
@@ -266,7 +265,7 @@ def _event_times(
     outcome: BatchOutcome,
     records: Sequence[RawRecord],
     stamps: np.ndarray,
-    waits: Any,
+    waits: HistogramLike,
     observe_many: ObserveMany,
 ) -> tuple[list[float], list[float]]:
     """Per-event queue and total milliseconds in one numpy pass; observes the queue times on ``waits``.

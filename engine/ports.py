@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -141,38 +141,79 @@ class NoTracing:
 NO_TRACING: PipelineTracing = NoTracing()
 
 
+class CounterLike(Protocol):
+    """A counter: ``prometheus_client.Counter``, or one of its labelled children."""
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount``."""
+
+
+class GaugeLike(Protocol):
+    """A gauge: ``prometheus_client.Gauge``, or one of its labelled children."""
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount``."""
+
+    def dec(self, amount: float = 1) -> None:
+        """Subtract ``amount``."""
+
+    def set(self, value: float) -> None:
+        """Set to ``value``."""
+
+
+class HistogramLike(Protocol):
+    """A histogram: ``prometheus_client.Histogram``, or one of its labelled children."""
+
+    def observe(self, amount: float) -> None:
+        """Count one observation of ``amount``."""
+
+
+class LabelledCounter(Protocol):
+    """A counter with labels (``Counter(..., labelnames)``)."""
+
+    def labels(self, *labelvalues: str) -> CounterLike:
+        """The child counter of these label values."""
+
+
+class LabelledHistogram(Protocol):
+    """A histogram with labels (``Histogram(..., labelnames)``)."""
+
+    def labels(self, *labelvalues: str) -> HistogramLike:
+        """The child histogram of these label values."""
+
+
 class PipelineMetrics(Protocol):
     """The metrics the core updates (labelled Prometheus-style counters, gauges and histograms)."""
 
     @property
-    def events_consumed(self) -> Any: ...
+    def events_consumed(self) -> LabelledCounter: ...  # (topic)
     @property
-    def predictions(self) -> Any: ...
+    def predictions(self) -> LabelledCounter: ...  # (model, version)
     @property
-    def dead_letters(self) -> Any: ...
+    def dead_letters(self) -> LabelledCounter: ...  # (reason)
     @property
-    def backend_errors(self) -> Any: ...
+    def backend_errors(self) -> LabelledCounter: ...  # (code)
     @property
-    def e2e_latency(self) -> Any: ...
+    def e2e_latency(self) -> LabelledHistogram: ...  # (model)
     @property
-    def batch_wait(self) -> Any: ...
+    def batch_wait(self) -> LabelledHistogram: ...  # (model)
     @property
-    def backend_latency(self) -> Any: ...
+    def backend_latency(self) -> LabelledHistogram: ...  # (model)
     @property
-    def batch_size(self) -> Any: ...
+    def batch_size(self) -> LabelledHistogram: ...  # (model)
     @property
-    def in_flight(self) -> Any: ...
+    def in_flight(self) -> GaugeLike: ...
     @property
-    def pending_events(self) -> Any: ...
+    def pending_events(self) -> GaugeLike: ...
     @property
-    def stream_buffer_full(self) -> Any: ...
+    def stream_buffer_full(self) -> LabelledCounter: ...  # (topic)
 
 
-ObserveMany = Callable[[Any, "Sequence[float] | np.ndarray"], None]
+ObserveMany = Callable[[HistogramLike, "Sequence[float] | np.ndarray"], None]
 """``histogram.observe(v)`` for every value (the metrics adapter may do it in one pass)."""
 
 
-def observe_each(histogram: Any, values: Sequence[float] | np.ndarray) -> None:
+def observe_each(histogram: HistogramLike, values: Sequence[float] | np.ndarray) -> None:
     """The plain :data:`ObserveMany`: one ``observe`` per value."""
     for v in values:
         histogram.observe(float(v))
