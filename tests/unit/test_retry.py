@@ -7,7 +7,7 @@ import pytest
 from engine.errors import BackendUnavailable, InferenceFailed
 from engine.retry import CircuitBreaker, CircuitState, Retrier
 from engine.settings import RetrySettings
-from tests.unit.fakes import ManualClock
+from engine.testing import ManualClock
 
 SETTINGS = RetrySettings(initial_backoff_s=0.1, max_backoff_s=1.0, failure_threshold=2, reset_timeout_s=0.5)
 
