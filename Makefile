@@ -2,6 +2,7 @@
 #   make demo   set up and run the local stack with a demo producer and a live view
 #   make test   lint, type-check, and run unit, integration and chaos tests on real servers
 #   make bench  benchmark report on a local Apache Kafka + tritonserver (docs/benchmarks.md, reports/bench/)
+#   make lock   regenerate constraints.txt, the tested dependency set every install step uses
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -12,16 +13,29 @@ WORKERS ?= 1
 PYTEST_ARGS ?=
 REPEAT ?= 1
 
-.PHONY: demo test lint unit integration chaos bench bench-quick models clean kafka otelcol otelcol-sources
+.PHONY: demo test lint unit integration chaos bench bench-quick models clean kafka otelcol otelcol-sources lock
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (the tritonserver python stub is built for 3.11); set PYTHON=..."; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[local,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[local,dev]"
 	touch $(STAMP)
+
+# constraints.txt pins every installed distribution (extras included) to the versions the tests passed
+# with; pyproject.toml keeps the ranges. `make lock` resolves the newest versions those ranges allow in
+# a fresh virtualenv and writes them: run `make test` on the result, then commit it.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[local,dev,bench]"
+	{ echo "# The tested dependency set (make lock; $$($(LOCK_VENV)/bin/python --version)). Used by every install step."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } > constraints.txt
+	rm -rf $(LOCK_VENV)
 
 # Java 17+ checked and Apache Kafka's jars fetched by Maven once (~/.cache/sie); one clear line if not possible.
 kafka: $(STAMP)
@@ -63,7 +77,7 @@ test: lint kafka otelcol
 	$(BIN)/python -m pytest tests -q -rs --durations=15 $(PYTEST_ARGS)
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[local,dev,bench]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[local,dev,bench]"
 	touch $(BENCH_STAMP)
 
 # One Apache Kafka broker (KRaft, on the JVM; emptied at the start, its data removed at the end) and

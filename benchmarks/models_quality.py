@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from model_repository import train
+from model_repository.datasets import split_indices
 from model_repository.numpy_reference import load_reference, load_sequence_reference
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -49,9 +50,7 @@ def held_out(name: str) -> HeldOut:
     """Held-out rows of ``name`` (``breast_cancer``, ``iris`` or ``seq_trend``)."""
     if name in train.SEQUENCE_MODELS:
         sequences, labels = train.trend_sequences()
-        _, test_idx = train.train_test_split(
-            np.arange(len(labels)), test_size=train.TEST_SIZE, random_state=train.SPLIT_SEED, stratify=labels
-        )
+        _, test_idx = split_indices(labels)
         rows = [sequences[i] for i in test_idx]
         return HeldOut(labels[test_idx], lambda predict: train.predict_by_length(predict, rows))
     split = train.load_split(name)

@@ -1,6 +1,6 @@
 """Adaptive micro-batching: keep the p99 end-to-end latency under an SLO, batch as much as it allows.
 
-A larger batch deadline gives Triton larger batches (less work per event, more
+A larger batch deadline gives the inference backend larger batches (less work per event, more
 throughput) and costs latency; a smaller one does the opposite. The controller
 samples the end-to-end latency of delivered events and, once per interval,
 moves the deadline by AIMD (additive increase, multiplicative decrease), as

@@ -8,7 +8,7 @@ and flushed batches are handed to ``emit`` in the order they were closed.
 Events share a batch only when they can be stacked into one request: same
 model, same pinned version and, for a model with a variable dimension (``-1``
 in its config), the same input shapes - events of lengths 3 and 5 go to
-Triton in two requests, never through one ``np.stack`` that would fail.
+the backend in two requests, never through one ``np.stack`` that would fail.
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ The DLQ's own headers (reason, message, source) are always kept.
 
 from __future__ import annotations
 
-from engine.records import DeadLetter, Headers, OutRecord
+from collections.abc import Iterable
+
+from engine.errors import Reason
+from engine.records import DeadLetter, Headers, OutRecord, RawRecord
 
 REASON_HEADER = "error.reason"
 MESSAGE_HEADER = "error.message"
@@ -49,6 +52,11 @@ _MAX_MESSAGE_CHARS = 1000
 # minus 36 bytes, and a header costs 2 varints (at most 5 bytes each): these bounds are above both.
 RECORD_OVERHEAD = 64
 HEADER_OVERHEAD = 10
+
+
+def letters(records: Iterable[RawRecord], reason: Reason, message: str) -> list[DeadLetter]:
+    """One dead letter per record, all with ``reason`` and ``message``."""
+    return [DeadLetter(record, reason, message) for record in records]
 
 
 def dead_letter_record(letter: DeadLetter, dlq_topic: str, max_bytes: int | None = None) -> OutRecord:

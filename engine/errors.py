@@ -2,8 +2,8 @@
 
 Whether a failure is retried or dead-lettered is decided by its class:
 
-* :class:`RetryableError` - the batch is retried with backoff (Triton
-  unavailable, queue full, deadline exceeded). Never dead-lettered.
+* :class:`RetryableError` - the batch is retried with backoff (the
+  backend unavailable, queue full, deadline exceeded). Never dead-lettered.
 * :class:`FatalError` - the batch cannot succeed as sent; its events go to
   the DLQ with ``reason``.
 * :class:`EventError` - one event is invalid; it travels as a value to the
@@ -14,8 +14,8 @@ Whether a failure is retried or dead-lettered is decided by its class:
   libraries are wrong: an operator's problem, neither retried nor dead-lettered.
 
 Whether an error is retried (its class), the dead-letter ``reason`` and the
-metrics label ``code`` are class attributes; a Triton error's ``code`` (its gRPC
-status) is given to the constructor. Adapters wrap the exceptions of their
+metrics label ``code`` are class attributes; a backend error's ``code`` (e.g. a
+gRPC status) is given to the constructor. Adapters wrap the exceptions of their
 libraries (tritonclient, confluent-kafka) into subclasses of :class:`EngineError`
 at their boundary; per-area subclasses live beside them (e.g.
 ``streams.admin.KafkaAdminError``, ``inference.model_control.ModelControlError``).
@@ -24,6 +24,10 @@ at their boundary; per-area subclasses live beside them (e.g.
 from __future__ import annotations
 
 from enum import Enum
+
+from engine.safe_text import cleaned
+
+_MAX_DESCRIPTION = 500
 
 
 class Reason(str, Enum):
@@ -62,17 +66,17 @@ class FatalError(EngineError):
 
 
 class InferenceFailed(FatalError):
-    """Triton rejected a batch (bad input, model error): dead-letter it."""
+    """The inference backend rejected a batch (bad input, model error): dead-letter it."""
 
 
 class ModelNotFound(FatalError):
-    """The requested model is not served by Triton."""
+    """The requested model is not served by the inference backend."""
 
     reason = Reason.UNKNOWN_MODEL
 
 
-class TritonUnavailable(RetryableError):
-    """Triton is unreachable, overloaded or timed out."""
+class BackendUnavailable(RetryableError):
+    """The inference backend is unreachable, overloaded or timed out."""
 
 
 class EventError(EngineError):
@@ -94,6 +98,14 @@ class ConfigError(EngineError):
 
 
 def error_code(err: BaseException) -> str:
-    """A bounded label for an error: its ``code`` (a Triton error's gRPC status), else its class name."""
+    """A bounded label for an error: its ``code`` (a backend error's gRPC status), else its class name."""
     code = err.code if isinstance(err, EngineError) else None
     return code if isinstance(code, str) else type(err).__name__
+
+
+def describe(err: BaseException) -> str:
+    """A short description of an unexpected error for ``error.message``, escaped and bounded.
+
+    Error text can quote what a server or a library was given (an inference server's messages do).
+    """
+    return cleaned(f"{type(err).__name__}: {err}", _MAX_DESCRIPTION)

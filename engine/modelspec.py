@@ -1,4 +1,5 @@
-"""Model input/output specs, read from Triton's model configuration."""
+"""Model input/output specs, read from a model configuration (the KServe v2 / Triton model-config JSON
+that an inference backend reports; ``inference/`` fetches it)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 
 from engine.errors import ConfigError
 
-# Triton config data types -> numpy dtypes (the numeric ones events can carry).
-_TRITON_DTYPES: dict[str, np.dtype[Any]] = {
+# Model-config data types -> numpy dtypes (the numeric ones events can carry).
+_CONFIG_DTYPES: dict[str, np.dtype[Any]] = {
     "TYPE_BOOL": np.dtype(np.bool_),
     "TYPE_UINT8": np.dtype(np.uint8),
     "TYPE_UINT16": np.dtype(np.uint16),
@@ -26,7 +27,7 @@ _TRITON_DTYPES: dict[str, np.dtype[Any]] = {
     "TYPE_FP64": np.dtype(np.float64),
 }
 
-# numpy dtype -> the wire datatype name tritonclient expects.
+# numpy dtype -> the KServe v2 wire datatype name (what an inference request carries).
 WIRE_DTYPES: dict[np.dtype[Any], str] = {
     np.dtype(np.bool_): "BOOL",
     np.dtype(np.uint8): "UINT8",
@@ -81,14 +82,14 @@ class ModelSpec:
 
 def _tensor(raw: Mapping[str, Any], model: str) -> TensorSpec:
     dtype_name = raw.get("data_type", "")
-    if dtype_name not in _TRITON_DTYPES:
+    if dtype_name not in _CONFIG_DTYPES:
         raise ConfigError(f"model {model!r}: tensor {raw.get('name')!r} has dtype {dtype_name!r}")
     dims = tuple(int(d) for d in raw.get("dims", []))
-    return TensorSpec(name=str(raw["name"]), dtype=_TRITON_DTYPES[dtype_name], dims=dims)
+    return TensorSpec(name=str(raw["name"]), dtype=_CONFIG_DTYPES[dtype_name], dims=dims)
 
 
 def spec_from_config(config: Mapping[str, Any]) -> ModelSpec:
-    """Build a spec from Triton's model config as JSON (``get_model_config``)."""
+    """Build a spec from a model config as JSON (Triton's ``get_model_config`` answers in this format)."""
     name = str(config.get("name", ""))
     if not config.get("input"):
         raise ConfigError(f"model {name!r} declares no inputs")

@@ -24,38 +24,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.adaptive import AdaptiveBatching
 from engine.contract.outputs import BinaryPredictions, encode_prediction
-from engine.dlq import HEADER_OVERHEAD, RECORD_OVERHEAD, dead_letter_record, fit_record, record_size
-from engine.errors import Reason
-from engine.ports import NO_TRACING, TRACE_HEADERS, ObserveMany
+from engine.dlq import HEADER_OVERHEAD, RECORD_OVERHEAD, dead_letter_record, fit_record, letters, record_size
+from engine.errors import Reason, describe
+from engine.ports import NO_TRACING, TRACE_HEADERS, HistogramLike, ObserveMany, PipelineParts
 from engine.records import BatchOutcome, Completion, DeadLetter, Event, InferenceResult, OutRecord, RawRecord
-from engine.safe_text import cleaned
-
-if TYPE_CHECKING:
-    from engine.pipeline import PipelineParts
 
 log = logging.getLogger(__name__)
 
-_MAX_DESCRIPTION = 500
 _OWN_HEADERS_SLACK = 2048  # bytes of headers a prediction adds: content type, length, trace context
-
-
-def describe(err: BaseException) -> str:
-    """A short description of an unexpected error for ``error.message``, escaped and bounded.
-
-    Error text can quote what a server or a library was given (Triton's messages do).
-    """
-    return cleaned(f"{type(err).__name__}: {err}", _MAX_DESCRIPTION)
-
-
-def letters(records: Iterable[RawRecord], reason: Reason, message: str) -> list[DeadLetter]:
-    """One dead letter per record, all with ``reason`` and ``message``."""
-    return [DeadLetter(record, reason, message) for record in records]
 
 
 class Outcomes:
@@ -102,7 +83,7 @@ class Outcomes:
             await self._send(out, lambda: self._dead_delivered(dead))
 
     async def predictions(self, outcome: BatchOutcome) -> None:
-        """Produce one prediction per event of a batch Triton answered (or a dead letter, see above)."""
+        """Produce one prediction per event of a batch the backend answered (or a dead letter, see above)."""
         batch, result = outcome.batch, outcome.result
         assert result is not None
         wrong = _rows_problem(result, len(batch))
@@ -270,7 +251,7 @@ def _rows_problem(result: InferenceResult, events: int) -> str | None:
     for name, arr in result.outputs.items():
         rows = arr.shape[0] if getattr(arr, "ndim", 0) > 0 else None
         if rows != events:
-            return f"Triton answered {rows} rows of {name!r} for a batch of {events} events"
+            return f"the backend answered {rows} rows of {name!r} for a batch of {events} events"
     return None
 
 
@@ -283,12 +264,12 @@ def _event_times(
     outcome: BatchOutcome,
     records: Sequence[RawRecord],
     stamps: np.ndarray,
-    waits: Any,
+    waits: HistogramLike,
     observe_many: ObserveMany,
 ) -> tuple[list[float], list[float]]:
     """Per-event queue and total milliseconds in one numpy pass; observes the queue times on ``waits``.
 
-    queue = consumed -> sent to Triton; total = event timestamp -> now (consumed -> now when the
+    queue = consumed -> sent to the backend; total = event timestamp -> now (consumed -> now when the
     record has no timestamp).
     """
     received = np.fromiter((r.received_at for r in records), np.float64, len(records))

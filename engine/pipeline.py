@@ -9,12 +9,12 @@ were closed, so events of one key and model keep their order on the output.
 Each record's :class:`~engine.records.Completion` is told once its prediction
 or dead letter is acknowledged by the broker - only then may its offset be
 committed. ``submit`` blocks while too many batches are outstanding: that is
-the backpressure that stops consumption when Triton is slow or down.
+the backpressure that stops consumption when the inference backend is slow or down.
 
 No input stops the pipeline: an exception while decoding, batching or
 inferring one record or one batch turns exactly those records into dead
 letters (``invalid_event``, ``bad_shape``, ``inference_error``), and what
-happens after inference is :mod:`engine.outcomes`' job. Retryable Triton
+happens after inference is :mod:`engine.outcomes`' job. Retryable backend
 errors are retried (:mod:`engine.retry`), never dead-lettered. Should one of
 the pipeline's tasks end anyway, or the producer give up on an output,
 :attr:`Pipeline.failure` says why and ``PipelineParts.on_failure`` is told
@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,43 +34,14 @@ import numpy as np
 from engine.adaptive import AdaptiveBatching, AdaptiveConfig, run_controller
 from engine.batcher import MicroBatcher
 from engine.clock import Clock, LoopClock
-from engine.contract.context import DecodeContext
 from engine.contract.decode import decode, decode_many
-from engine.errors import FatalError, Reason, error_code
-from engine.outcomes import Outcomes, describe, letters
-from engine.ports import (
-    NO_MODEL_HOOKS,
-    NO_TRACING,
-    InferenceBackend,
-    ModelHooks,
-    ObserveMany,
-    PipelineMetrics,
-    PipelineTracing,
-    Sink,
-    observe_each,
-)
+from engine.dlq import letters
+from engine.errors import FatalError, Reason, describe, error_code
+from engine.outcomes import Outcomes
+from engine.ports import NO_TRACING, PipelineParts
 from engine.records import Batch, BatchOutcome, DeadLetter, Event, InferenceResult, RawRecord
-from engine.retry import Retrier
-from engine.settings import BatchSettings, TopicSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PipelineParts:
-    """Everything a pipeline is built from."""
-
-    decode_ctx: DecodeContext
-    backend: InferenceBackend
-    retrier: Retrier
-    sink: Sink
-    topics: TopicSettings
-    batch: BatchSettings
-    metrics: PipelineMetrics
-    tracing: PipelineTracing = NO_TRACING
-    models: ModelHooks = NO_MODEL_HOOKS  # versions, A/B counts, drift, shadows (models/hooks.py)
-    on_failure: Callable[[str], None] | None = None  # told once if the pipeline can no longer deliver
-    observe_many: ObserveMany = observe_each  # observability.metrics.observe_many: one pass per batch
 
 
 class Pipeline:
@@ -104,7 +74,7 @@ class Pipeline:
         self._stopping = False
         m = parts.metrics
         for model in models:  # series at zero from the start, so rate() sees the first batch
-            for histogram in (m.batch_size, m.batch_wait, m.triton_latency, m.e2e_latency):
+            for histogram in (m.batch_size, m.batch_wait, m.backend_latency, m.e2e_latency):
                 histogram.labels(model)
 
     async def start(self) -> None:
@@ -122,7 +92,7 @@ class Pipeline:
             self._parts.metrics.events_consumed.labels(topic).inc(n)
         dead = self._admit(records)
         if self._adaptive is not None and self._inferring < self._parts.batch.max_in_flight:
-            # Triton has a free slot: send what this chunk brought now instead of waiting for
+            # the backend has a free slot: send what this chunk brought now instead of waiting for
             # the deadline; under load the slots stay busy and batches grow (adaptive batching)
             self._batcher.flush_all()
         await self._out.dead(dead)
@@ -257,7 +227,7 @@ class Pipeline:
                 metrics.in_flight.dec()
         finished = self._clock.now()
         metrics.batch_size.labels(batch.model).observe(len(batch))
-        metrics.triton_latency.labels(batch.model).observe(finished - sent_at)
+        metrics.backend_latency.labels(batch.model).observe(finished - sent_at)
         return BatchOutcome(batch=batch, result=result, error=error, sent_at=sent_at, finished_at=finished)
 
     async def _call_backend(self, batch: Batch, inputs: dict[str, np.ndarray]) -> InferenceResult:
@@ -270,7 +240,7 @@ class Pipeline:
         return result
 
     def _batch_error(self, batch: Batch, err: Exception) -> DeadLetter:
-        self._parts.metrics.triton_errors.labels(error_code(err)).inc()
+        self._parts.metrics.backend_errors.labels(error_code(err)).inc()
         if isinstance(err, FatalError):
             reason, message = err.reason, str(err)
         else:

@@ -9,18 +9,25 @@ The core (``engine/``) depends only on these; the adapters implement them:
 * :class:`PipelineTracing`: ``observability.tracing.OtelTracing`` (:data:`NO_TRACING` by default);
 * :class:`PipelineMetrics`: ``observability.metrics.EngineMetrics``, with
   :data:`ObserveMany` (``observability.metrics.observe_many``; :func:`observe_each` by default).
+
+:class:`PipelineParts` bundles them (with the decode context, the retrier and the settings the
+pipeline reads) for :class:`engine.pipeline.Pipeline` and :class:`engine.outcomes.Outcomes`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
+from engine.contract.context import DecodeContext
 from engine.modelspec import ModelSpec
 from engine.records import Batch, InferenceResult, OutRecord, RawRecord
+from engine.retry import Retrier
+from engine.settings import BatchSettings, TopicSettings
 
 
 class InferenceBackend(Protocol):
@@ -34,7 +41,7 @@ class InferenceBackend(Protocol):
         headers: Mapping[str, str] | None = None,
         version: str = "",
     ) -> InferenceResult:
-        """Run one batch (on ``version``, else the one Triton picks); raises RetryableError or FatalError."""
+        """Run one batch (on ``version``, else the backend's choice); raises RetryableError or FatalError."""
 
     async def model_specs(self) -> dict[str, ModelSpec]:
         """Specs of every model that is ready to serve."""
@@ -98,10 +105,10 @@ class PipelineTracing(Protocol):
         """A record was consumed: its event span starts."""
 
     def batch_headers(self, batch: Batch) -> dict[str, str] | None:
-        """Start the batch's span; the headers to send with its Triton request."""
+        """Start the batch's span; the headers to send with its inference request."""
 
     def batch_done(self, batch: Batch, error: BaseException | None = None) -> None:
-        """The batch's Triton call ended (``error`` when it failed fatally)."""
+        """The batch's inference call ended (``error`` when it failed fatally)."""
 
     def outgoing(self, record: RawRecord, out: OutRecord) -> OutRecord:
         """``out`` (produced for ``record``) carrying the record's span context."""
@@ -134,38 +141,96 @@ class NoTracing:
 NO_TRACING: PipelineTracing = NoTracing()
 
 
+class CounterLike(Protocol):
+    """A counter: ``prometheus_client.Counter``, or one of its labelled children."""
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount``."""
+
+
+class GaugeLike(Protocol):
+    """A gauge: ``prometheus_client.Gauge``, or one of its labelled children."""
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount``."""
+
+    def dec(self, amount: float = 1) -> None:
+        """Subtract ``amount``."""
+
+    def set(self, value: float) -> None:
+        """Set to ``value``."""
+
+
+class HistogramLike(Protocol):
+    """A histogram: ``prometheus_client.Histogram``, or one of its labelled children."""
+
+    def observe(self, amount: float) -> None:
+        """Count one observation of ``amount``."""
+
+
+class LabelledCounter(Protocol):
+    """A counter with labels (``Counter(..., labelnames)``)."""
+
+    def labels(self, *labelvalues: str) -> CounterLike:
+        """The child counter of these label values."""
+
+
+class LabelledHistogram(Protocol):
+    """A histogram with labels (``Histogram(..., labelnames)``)."""
+
+    def labels(self, *labelvalues: str) -> HistogramLike:
+        """The child histogram of these label values."""
+
+
 class PipelineMetrics(Protocol):
     """The metrics the core updates (labelled Prometheus-style counters, gauges and histograms)."""
 
     @property
-    def events_consumed(self) -> Any: ...
+    def events_consumed(self) -> LabelledCounter: ...  # (topic)
     @property
-    def predictions(self) -> Any: ...
+    def predictions(self) -> LabelledCounter: ...  # (model, version)
     @property
-    def dead_letters(self) -> Any: ...
+    def dead_letters(self) -> LabelledCounter: ...  # (reason)
     @property
-    def triton_errors(self) -> Any: ...
+    def backend_errors(self) -> LabelledCounter: ...  # (code)
     @property
-    def e2e_latency(self) -> Any: ...
+    def e2e_latency(self) -> LabelledHistogram: ...  # (model)
     @property
-    def batch_wait(self) -> Any: ...
+    def batch_wait(self) -> LabelledHistogram: ...  # (model)
     @property
-    def triton_latency(self) -> Any: ...
+    def backend_latency(self) -> LabelledHistogram: ...  # (model)
     @property
-    def batch_size(self) -> Any: ...
+    def batch_size(self) -> LabelledHistogram: ...  # (model)
     @property
-    def in_flight(self) -> Any: ...
+    def in_flight(self) -> GaugeLike: ...
     @property
-    def pending_events(self) -> Any: ...
+    def pending_events(self) -> GaugeLike: ...
     @property
-    def stream_buffer_full(self) -> Any: ...
+    def stream_buffer_full(self) -> LabelledCounter: ...  # (topic)
 
 
-ObserveMany = Callable[[Any, "Sequence[float] | np.ndarray"], None]
+ObserveMany = Callable[[HistogramLike, "Sequence[float] | np.ndarray"], None]
 """``histogram.observe(v)`` for every value (the metrics adapter may do it in one pass)."""
 
 
-def observe_each(histogram: Any, values: Sequence[float] | np.ndarray) -> None:
+def observe_each(histogram: HistogramLike, values: Sequence[float] | np.ndarray) -> None:
     """The plain :data:`ObserveMany`: one ``observe`` per value."""
     for v in values:
         histogram.observe(float(v))
+
+
+@dataclass(frozen=True)
+class PipelineParts:
+    """Everything a pipeline is built from."""
+
+    decode_ctx: DecodeContext
+    backend: InferenceBackend
+    retrier: Retrier
+    sink: Sink
+    topics: TopicSettings
+    batch: BatchSettings
+    metrics: PipelineMetrics
+    tracing: PipelineTracing = NO_TRACING
+    models: ModelHooks = NO_MODEL_HOOKS  # versions, A/B counts, drift, shadows (models/hooks.py)
+    on_failure: Callable[[str], None] | None = None  # told once if the pipeline can no longer deliver
+    observe_many: ObserveMany = observe_each  # observability.metrics.observe_many: one pass per batch

@@ -115,7 +115,7 @@ class Event:
     model: str
     inputs: Mapping[str, np.ndarray]
     record: RawRecord
-    version: str = ""  # pinned by routing ("" = the version Triton serves)
+    version: str = ""  # pinned by routing ("" = the version the backend serves)
     arm: str = ""  # A/B arm chosen by routing, if any
     binary: bool = False  # arrived as a binary tensor event (engine/contract/binary_input.py)
 
@@ -132,12 +132,12 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Events of one model sent to Triton in one request."""
+    """Events of one model sent to the inference backend in one request."""
 
     model: str
     events: tuple[Event, ...]
     opened_at: float
-    version: str = ""  # the events' pinned version ("" = Triton's choice)
+    version: str = ""  # the events' pinned version ("" = the backend's choice)
 
     def __len__(self) -> int:
         return len(self.events)
@@ -164,7 +164,7 @@ def _stack(rows: list[np.ndarray]) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class InferenceResult:
-    """Triton's answer for one batch: outputs with the batch axis first."""
+    """The backend's answer for one batch: outputs with the batch axis first."""
 
     model: str
     model_version: str

@@ -1,8 +1,8 @@
 """Retries with exponential backoff, behind a circuit breaker.
 
-Policy: a retryable failure (Triton unavailable, overloaded, timed out) is
+Policy: a retryable failure (the backend unavailable, overloaded, timed out) is
 retried without limit - the stream pauses rather than dead-lettering events
-because Triton is down. After ``failure_threshold`` failures in a row the
+because the backend is down. After ``failure_threshold`` failures in a row the
 circuit opens: no call is attempted until ``reset_timeout`` has passed, then a
 single probe goes through (half-open); its success closes the circuit, its
 failure opens it again for a longer time (capped at ``max_backoff``).
@@ -81,7 +81,7 @@ class CircuitBreaker:
         self._probing = False
         self._open_for = self._settings.reset_timeout_s
         if self._state is not CircuitState.CLOSED:
-            log.info("circuit closed: Triton answers again")
+            log.info("circuit closed: the inference backend answers again")
             self._set(CircuitState.CLOSED)
 
     def release(self) -> None:

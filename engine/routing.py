@@ -9,7 +9,7 @@ Pure logic, no I/O. For each decoded event:
    gives a point in [0, 1) that falls into one arm's share of the weights.
    The same key always lands in the same arm, and arms of different
    experiments are drawn independently;
-3. otherwise the name itself is served, in whichever version Triton serves.
+3. otherwise the name itself is served, in whichever version the backend serves.
 
 Shadows (``routing.shadows``) are looked up by the served model's name: every
 batch sent to it is also sent, best effort, to each shadow target.
@@ -31,7 +31,7 @@ _SCALE = float(1 << 64)
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where one event goes: a served model, a pinned version ("" = Triton's) and its A/B arm."""
+    """Where one event goes: a served model, a pinned version ("" = the backend's) and its A/B arm."""
 
     model: str
     version: str = ""
@@ -113,7 +113,7 @@ class Router:
     def problems(self, served: Mapping[str, object]) -> list[str]:
         """Routing targets that ``served`` (model name -> spec) does not contain."""
         missing = sorted(self.targets() - set(served))
-        return [f"routing names model {m!r}, which Triton does not serve" for m in missing]
+        return [f"routing names model {m!r}, which the inference backend does not serve" for m in missing]
 
 
 def input_topics(settings: Settings) -> list[str]:

@@ -100,13 +100,13 @@ class BatchSettings(BaseModel):
 
 
 class RetrySettings(BaseModel):
-    """Retries of retryable Triton failures, and the circuit breaker."""
+    """Retries of retryable inference-backend failures, and the circuit breaker."""
 
     initial_backoff_s: float = Field(0.05, gt=0)
     max_backoff_s: float = Field(2.0, gt=0)
     multiplier: float = Field(2.0, ge=1)
     # Failures in a row that open the circuit; while open, batches wait
-    # (they are never dead-lettered because Triton is down).
+    # (they are never dead-lettered because the backend is down).
     failure_threshold: int = Field(3, gt=0)
     reset_timeout_s: float = Field(1.0, gt=0)
 
@@ -126,7 +126,7 @@ class LimitSettings(BaseModel):
 
 
 class RouteTarget(BaseModel):
-    """A Triton model and optionally a pinned version ("" = the version Triton serves)."""
+    """A served model and optionally a pinned version ("" = the version the backend serves)."""
 
     model: str
     version: str = ""

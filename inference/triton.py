@@ -11,11 +11,11 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from engine.errors import (
+    BackendUnavailable,
     FatalError,
     InferenceFailed,
     ModelNotFound,
     RetryableError,
-    TritonUnavailable,
 )
 from engine.modelspec import WIRE_DTYPES, ModelSpec, spec_from_config
 from engine.records import InferenceResult
@@ -58,7 +58,7 @@ def classify(err: InferenceServerException, model: str) -> RetryableError | Fata
     code = status_code(err) or "CLIENT"
     text = f"{code}: {err.message()}"
     if code in RETRYABLE_CODES:
-        return TritonUnavailable(text, code=code)
+        return BackendUnavailable(text, code=code)
     if code in NOT_FOUND_CODES:
         return ModelNotFound(f"model {model!r}: {text}", code=code)
     return InferenceFailed(text, code=code)

@@ -34,7 +34,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from inference.variants import CALIBRATION_FILE, save_calibration
+if __package__ in (None, ""):  # run as a script (python model_repository/onnx_export.py): the package's root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inference.variants import CALIBRATION_FILE, save_calibration  # noqa: E402
+from model_repository.datasets import (  # noqa: E402
+    MAX_BATCH_SIZE,
+    SEQUENCE_MODELS,
+    load_split,
+    split_indices,
+    trend_sequences,
+)
 
 HERE = Path(__file__).resolve().parent
 OPSET = 17
@@ -42,7 +52,6 @@ IR_VERSION = 8
 SUFFIX = "_onnx"
 CALIBRATION_ROWS = 512  # at most this many training inputs are kept for calibration
 MLP_MODELS = ("breast_cancer", "iris")
-SEQUENCE_MODELS = ("seq_trend",)
 
 
 def _const(name: str, value: np.ndarray) -> TensorProto:
@@ -199,28 +208,22 @@ version_policy: {{ latest: {{ num_versions: 1 }} }}
 
 def calibration_batches(name: str) -> list[np.ndarray]:
     """Training inputs of ``name`` (at most ``CALIBRATION_ROWS``), batched by shape."""
-    from model_repository import train
-
     rng = np.random.default_rng(0)
     if name in SEQUENCE_MODELS:
-        sequences, labels = train.trend_sequences()
-        train_idx, _ = train.train_test_split(
-            np.arange(len(labels)), test_size=train.TEST_SIZE, random_state=train.SPLIT_SEED, stratify=labels
-        )
+        sequences, labels = trend_sequences()
+        train_idx, _ = split_indices(labels)
         chosen = rng.choice(train_idx, min(CALIBRATION_ROWS, len(train_idx)), replace=False)
         by_length: dict[int, list[np.ndarray]] = {}
         for i in sorted(chosen):
             by_length.setdefault(len(sequences[i]), []).append(sequences[i])
         return [np.stack(v) for _, v in sorted(by_length.items())]
-    x_train = train.load_split(name).x_train
+    x_train = load_split(name).x_train
     rows = rng.choice(len(x_train), min(CALIBRATION_ROWS, len(x_train)), replace=False)
     return [x_train[np.sort(rows)]]
 
 
 def export_one(repository: Path, name: str, version: int = 1) -> Path:
     """Write ``<name>_onnx`` from ``<name>/<version>/weights.npz``; returns its model directory."""
-    from model_repository import train
-
     source = Path(repository) / name
     with np.load(source / str(version) / "weights.npz") as data:
         arrays = {k: data[k] for k in data.files}
@@ -232,7 +235,7 @@ def export_one(repository: Path, name: str, version: int = 1) -> Path:
     n_classes = int(model.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
     dims = -1 if sequence else int(arrays["mean"].shape[0])
     input_name = model.graph.input[0].name
-    config = render_onnx_config(target.name, input_name, dims, n_classes, train.MAX_BATCH_SIZE)
+    config = render_onnx_config(target.name, input_name, dims, n_classes, MAX_BATCH_SIZE)
     (target / "config.pbtxt").write_text(config)
     save_calibration(target / CALIBRATION_FILE, calibration_batches(name))
     return target
@@ -251,6 +254,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):
-        sys.path.insert(0, str(HERE.parent))
     sys.exit(main())

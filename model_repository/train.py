@@ -35,68 +35,35 @@ import json
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_iris
-from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+if __package__ in (None, ""):  # run as a script (python model_repository/train.py): the package's root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model_repository.datasets import (  # noqa: E402
+    LOADERS,
+    MAX_BATCH_SIZE,
+    SEQUENCE_MODELS,
+    Split,
+    load_split,
+    split_indices,
+    trend_sequences,
+)
+from model_repository.onnx_export import export_one  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "mlp_backend.py"
 SEQUENCE_TEMPLATE = HERE / "sequence_backend.py"
-SPLIT_SEED = 42
 MODEL_SEED = 0
-TEST_SIZE = 0.25
 HIDDEN_UNITS = 16
 QUANTILE_LEVELS = tuple(round(0.1 * i, 1) for i in range(11))
-MAX_BATCH_SIZE = 256
-
-LOADERS: dict[str, Callable[..., Any]] = {
-    "breast_cancer": load_breast_cancer,
-    "iris": load_iris,
-}
-SEQUENCE_MODELS = ("seq_trend",)
-SEQUENCE_DATA_SEED = 7
-SEQUENCE_COUNT = 3000
-SEQUENCE_LENGTHS = (4, 64)  # inclusive
-
-
-@dataclass(frozen=True)
-class Split:
-    """A data set's fixed stratified train/test split."""
-
-    name: str
-    x_train: np.ndarray
-    x_test: np.ndarray
-    y_train: np.ndarray
-    y_test: np.ndarray
-    feature_names: tuple[str, ...]
-    class_names: tuple[str, ...]
-
-
-def load_split(name: str) -> Split:
-    """The stratified 75/25 split (``random_state=42``) used for training and tests."""
-    data = LOADERS[name]()
-    x = np.asarray(data.data, dtype=np.float32)
-    y = np.asarray(data.target, dtype=np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=y
-    )
-    return Split(
-        name=name,
-        x_train=x_train,
-        x_test=x_test,
-        y_train=y_train,
-        y_test=y_test,
-        feature_names=tuple(str(f) for f in data.feature_names),
-        class_names=tuple(str(c) for c in data.target_names),
-    )
 
 
 def fit(split: Split, seed: int = MODEL_SEED) -> Pipeline:
@@ -293,22 +260,6 @@ def train_one(name: str, out: Path, version: int, seed: int = MODEL_SEED) -> flo
     return test_accuracy
 
 
-def trend_sequences(
-    count: int = SEQUENCE_COUNT, seed: int = SEQUENCE_DATA_SEED
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Noisy lines of 4 to 64 values, rising (label 1) or falling (0): the ``seq_trend`` data."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, count)
-    sequences = []
-    for label in labels:
-        length = int(rng.integers(SEQUENCE_LENGTHS[0], SEQUENCE_LENGTHS[1] + 1))
-        drift = rng.uniform(0.05, 0.5) * (1.0 if label else -1.0)
-        t = np.arange(length, dtype=np.float64)
-        values = rng.normal(0.0, 5.0) + drift * t + rng.normal(0.0, rng.uniform(0.1, 1.0), length)
-        sequences.append(values.astype(np.float32))
-    return sequences, labels.astype(np.int64)
-
-
 def predict_by_length(
     predict: Callable[[np.ndarray], np.ndarray], sequences: Sequence[np.ndarray]
 ) -> np.ndarray:
@@ -328,9 +279,7 @@ def train_sequence_model(name: str, out: Path, version: int, seed: int = MODEL_S
     """Train a variable-length model on generated sequences; write its files; return held-out accuracy."""
     template = sequence_backend()
     sequences, labels = trend_sequences()
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=labels
-    )
+    train_idx, test_idx = split_indices(labels)
     summary = np.concatenate([template.summarize(s[None, :]) for s in sequences])
     split = Split(
         name=name,
@@ -367,9 +316,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=1, help="model version to write")
     parser.add_argument("--seed", type=int, default=MODEL_SEED, help="weight initialisation seed")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE.parent))  # the model_repository package, when run as a script
-    from model_repository.onnx_export import export_one
-
     for name in (*LOADERS, *SEQUENCE_MODELS):
         acc = train_one(name, args.out, args.version, args.seed)
         onnx_dir = export_one(args.out, name, args.version)

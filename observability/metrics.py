@@ -46,12 +46,12 @@ class EngineMetrics:
     events_consumed: Counter
     predictions: Counter
     dead_letters: Counter
-    triton_errors: Counter
+    backend_errors: Counter
     retries: Counter
     producer_errors: Counter  # outputs Kafka refused for good, per attempt (streams/sink.py)
     e2e_latency: Histogram
     batch_wait: Histogram
-    triton_latency: Histogram
+    backend_latency: Histogram
     batch_size: Histogram
     in_flight: Gauge
     pending_events: Gauge
@@ -97,7 +97,7 @@ def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> Engin
         events_consumed=counter("events_consumed", "Records consumed from input topics.", ("topic",)),
         predictions=counter("predictions", "Predictions acknowledged by the broker.", ("model", "version")),
         dead_letters=counter("dead_letters", "Dead letters acknowledged by the broker.", ("reason",)),
-        triton_errors=counter("triton_errors", "Failed Triton requests by gRPC code.", ("code",)),
+        backend_errors=counter("triton_errors", "Failed Triton requests by gRPC code.", ("code",)),
         retries=counter("retries", "Batches retried after a retryable failure.", ("model",)),
         producer_errors=counter(
             "producer_permanent_errors",
@@ -113,7 +113,7 @@ def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> Engin
         batch_wait=histogram(
             "batch_wait_seconds", "Time an event waited before its batch was sent.", LATENCY_BUCKETS
         ),
-        triton_latency=histogram(
+        backend_latency=histogram(
             "triton_request_seconds", "Triton round trip per batch, retries included.", LATENCY_BUCKETS
         ),
         batch_size=histogram(

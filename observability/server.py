@@ -1,5 +1,8 @@
 """The worker's HTTP endpoint: ``/metrics``, ``/healthz`` (alive) and ``/readyz``.
 
+``/healthz`` answers 503 with the reason once the worker has failed
+(:func:`with_liveness` around the app, fed by :class:`engine.health.Liveness`).
+
 Each connection is handled on its own thread and closed when it sends nothing
 for ``connection_timeout`` seconds, so a slow scrape or an idle client never
 keeps a liveness probe waiting.
@@ -15,6 +18,10 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from engine.health import Liveness
+
+WsgiApp = Callable[..., Iterable[bytes]]
 
 # () -> (ready, details shown in the response body)
 ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
@@ -58,6 +65,18 @@ def make_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> Callable
         return metrics_app(environ, start_response)
 
     return app
+
+
+def with_liveness(app: WsgiApp, liveness: Liveness) -> WsgiApp:
+    """``app`` whose ``/healthz`` answers 503 ``{"status": "failed", "reason": ...}`` after a failure."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        failure = liveness.failure
+        if environ.get("PATH_INFO") != "/healthz" or failure is None:
+            return app(environ, start_response)
+        return _json(start_response, 503, {"status": "failed", "reason": failure})
+
+    return wrapped
 
 
 def _json(start_response: Callable[..., Any], code: int, body: dict[str, Any]) -> list[bytes]:

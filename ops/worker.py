@@ -1,7 +1,7 @@
 """One worker process: settings in, a running Faust worker out.
 
 A worker that cannot go on - a pipeline task died, Kafka refuses outputs for
-good - fails loudly (engine/health.py): the reason is logged as an error,
+good - fails loudly (engine/health.py, ops/process_stop.py): the reason is logged as an error,
 ``/healthz`` and ``/readyz`` answer 503 with it, and the process stops with
 exit status 70 instead of sitting on stalled partitions.
 """
@@ -22,10 +22,18 @@ from engine.backoff import next_delay
 from engine.clock import LoopClock
 from engine.contract.context import DecodeContext
 from engine.errors import RetryableError, error_code
-from engine.health import Liveness, ProcessStopper, with_liveness
+from engine.health import Liveness
 from engine.modelspec import ModelSpec
-from engine.pipeline import Pipeline, PipelineParts
-from engine.ports import NO_MODEL_HOOKS, NO_TRACING, InferenceBackend, ModelHooks, PipelineTracing, Sink
+from engine.pipeline import Pipeline
+from engine.ports import (
+    NO_MODEL_HOOKS,
+    NO_TRACING,
+    InferenceBackend,
+    ModelHooks,
+    PipelineParts,
+    PipelineTracing,
+    Sink,
+)
 from engine.retry import CircuitBreaker, CircuitState, Retrier
 from engine.routing import Router
 from engine.settings import Settings
@@ -34,8 +42,9 @@ from inference.triton import TritonBackend
 from models.hooks import build_model_hooks
 from observability.metrics import EngineMetrics, TransactionMetricsAdapter, create_metrics, observe_many
 from observability.otel_setup import configure_tracing
-from observability.server import serve
+from observability.server import serve, with_liveness
 from observability.tracing import INSTRUMENTATION, HeadSampler, OtelTracing
+from ops.process_stop import ProcessStopper
 from streams.app import Submit, add_batch_consumer, create_app
 from streams.driver import EngineConsumer
 from streams.faust_sensor import CommitHealth, EngineSensor
@@ -205,7 +214,7 @@ class Worker:
         self.metrics.fetch_restarts.labels(tp[0], str(tp[1])).inc()
 
     def _on_retry(self, err: RetryableError) -> None:
-        self.metrics.triton_errors.labels(error_code(err)).inc()
+        self.metrics.backend_errors.labels(error_code(err)).inc()
         self.metrics.retries.labels("*").inc()
 
     async def _on_shutdown(self, app: faust.App, **_: Any) -> None:

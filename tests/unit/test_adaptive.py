@@ -87,19 +87,19 @@ def _adaptive_pipeline(batch: Any, backend: Any) -> Any:
     from prometheus_client import CollectorRegistry
 
     from engine.contract.context import DecodeContext
-    from engine.pipeline import Pipeline, PipelineParts
+    from engine.pipeline import Pipeline
+    from engine.ports import PipelineParts
     from engine.retry import CircuitBreaker, Retrier
     from engine.settings import LimitSettings, RetrySettings, TopicSettings
+    from engine.testing import InstantClock, RecordingSink, model_spec
     from observability.metrics import create_metrics
-    from tests.unit.fakes import FakeSink, spec
-    from tests.unit.test_pipeline import _Clock
 
-    clock, retry = _Clock(), RetrySettings()
+    clock, retry = InstantClock(), RetrySettings()
     parts = PipelineParts(
-        decode_ctx=DecodeContext({"m": spec("m", 3, max_batch=64)}, "m", LimitSettings()),
+        decode_ctx=DecodeContext({"m": model_spec("m", 3, max_batch=64)}, "m", LimitSettings()),
         backend=backend,
         retrier=Retrier(retry, clock, CircuitBreaker(retry, clock)),
-        sink=FakeSink(),
+        sink=RecordingSink(),
         topics=TopicSettings(events="in", predictions="out", dlq="dlq"),
         batch=batch,
         metrics=create_metrics(CollectorRegistry()),
@@ -109,13 +109,13 @@ def _adaptive_pipeline(batch: Any, backend: Any) -> Any:
 
 async def test_pipeline_feeds_delivered_latencies_to_the_controller() -> None:
     from engine.settings import BatchSettings
-    from tests.unit.fakes import FakeBackend, raw
+    from engine.testing import ScriptedBackend, raw_record
 
     batch = BatchSettings(max_size=8, max_delay_ms=10, adaptive=True, slo_ms=25)
-    pipeline = _adaptive_pipeline(batch, FakeBackend())
+    pipeline = _adaptive_pipeline(batch, ScriptedBackend())
     await pipeline.start()
     assert pipeline.adaptive is not None and pipeline.batch_deadline_s == 0.010
-    records = [raw(b'{"id": "e%d", "features": [1, 2, 3]}' % i, offset=i) for i in range(100)]
+    records = [raw_record(b'{"id": "e%d", "features": [1, 2, 3]}' % i, offset=i) for i in range(100)]
     await pipeline.submit(records)
     assert await pipeline.drain(5.0)
     # the fake records carry a 2023 Kafka timestamp: far over the SLO (overload), so batches grow
@@ -128,9 +128,9 @@ async def test_adaptive_pipeline_sends_a_chunk_at_once_while_triton_has_a_free_s
     import asyncio
 
     from engine.settings import BatchSettings
-    from tests.unit.fakes import FakeBackend, raw
+    from engine.testing import ScriptedBackend, raw_record
 
-    backend = FakeBackend()
+    backend = ScriptedBackend()
     backend.gate = asyncio.Event()  # inference blocks until released
     # a long deadline and large batches: only the free-slot rule can send a 3-event chunk early
     batch = BatchSettings(max_size=64, max_delay_ms=500, max_in_flight=2, adaptive=True, slo_ms=25)
@@ -138,16 +138,20 @@ async def test_adaptive_pipeline_sends_a_chunk_at_once_while_triton_has_a_free_s
     await pipeline.start()
 
     def chunk(start: int, n: int) -> list:  # type: ignore[type-arg]
-        return [raw(b'{"id": "e%d", "features": [1, 2, 3]}' % i, offset=i) for i in range(start, start + n)]
+        return [
+            raw_record(b'{"id": "e%d", "features": [1, 2, 3]}' % i, offset=i) for i in range(start, start + n)
+        ]
 
     await pipeline.submit(chunk(0, 3))
     await pipeline.submit(chunk(3, 2))
     await asyncio.sleep(0.01)
-    assert backend.calls == [("m", 3), ("m", 2)]  # two free slots: each chunk went at once
+    # two free slots: each chunk went at once
+    assert [(c.model, c.rows) for c in backend.calls] == [("m", 3), ("m", 2)]
     await pipeline.submit(chunk(5, 4))
     await asyncio.sleep(0.01)
-    assert backend.calls == [("m", 3), ("m", 2)]  # both slots busy: the chunk waits in its batch
+    # both slots busy: the chunk waits in its batch
+    assert [(c.model, c.rows) for c in backend.calls] == [("m", 3), ("m", 2)]
     backend.gate.set()
     assert await pipeline.drain(5.0)
-    assert backend.calls[-1] == ("m", 4)
+    assert (backend.calls[-1].model, backend.calls[-1].rows) == ("m", 4)
     await pipeline.stop()

@@ -7,11 +7,13 @@ import pytest
 
 from engine.batcher import MicroBatcher
 from engine.records import Batch, Event
-from tests.unit.fakes import ManualClock, raw
+from engine.testing import ManualClock, raw_record
 
 
 def _event(i: int, model: str = "m") -> Event:
-    return Event(id=str(i), model=model, inputs={"features": np.zeros(3, np.float32)}, record=raw(b"", i))
+    return Event(
+        id=str(i), model=model, inputs={"features": np.zeros(3, np.float32)}, record=raw_record(b"", i)
+    )
 
 
 def _batcher(max_size: int = 4, max_delay: float = 0.01, caps: dict[str, int] | None = None):

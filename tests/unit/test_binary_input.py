@@ -25,7 +25,7 @@ from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event, RawRecord
 from engine.routing import Router
 from engine.settings import LimitSettings, RoutingSettings
-from tests.unit.fakes import raw, spec
+from engine.testing import model_spec, raw_record
 
 PAIR = ModelSpec(
     "pair",
@@ -35,7 +35,7 @@ PAIR = ModelSpec(
 )
 FLAGS = ModelSpec("flags", 8, (TensorSpec("f", np.dtype(np.bool_), (3,)),), ())
 CTX = DecodeContext(
-    models={"m": spec("m", 3), "pair": PAIR, "flags": FLAGS},
+    models={"m": model_spec("m", 3), "pair": PAIR, "flags": FLAGS},
     default_model="m",
     limits=LimitSettings(max_message_bytes=2000, max_elements=100, max_id_length=32, max_key_bytes=16),
 )
@@ -65,7 +65,7 @@ def binary(
         (CONTENT_TYPE_HEADER, BINARY_CONTENT_TYPE.encode()),
         (HEADER_LENGTH_HEADER, length or b"%d" % len(head)),
     )
-    return raw(head + rest, offset=offset, key=key, headers=hdrs)
+    return raw_record(head + rest, offset=offset, key=key, headers=hdrs)
 
 
 def described(name: str, datatype: str, shape: list[int], size: int) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def reason_of(record: RawRecord) -> Reason:
 
 def test_binary_event_decodes_to_the_same_tensor_as_its_json_twin() -> None:
     out = decode(binary(), CTX)
-    twin = decode(raw(orjson.dumps({"id": "a", "features": F3.tolist()})), CTX)
+    twin = decode(raw_record(orjson.dumps({"id": "a", "features": F3.tolist()})), CTX)
     assert isinstance(out, Event) and isinstance(twin, Event)
     assert out.binary and not twin.binary
     assert out.inputs["features"].dtype == np.float32
@@ -93,7 +93,7 @@ def test_a_chunk_mixing_json_and_binary_events_decodes_in_order_like_one_by_one(
     records = []
     for i in range(40):
         if i % 3 == 0:
-            records.append(raw(orjson.dumps({"id": f"j{i}", "features": [i, 1, 2]}), offset=i))
+            records.append(raw_record(orjson.dumps({"id": f"j{i}", "features": [i, 1, 2]}), offset=i))
         else:
             records.append(binary(f"b{i}", {"features": np.array([i, 1, 2], np.float32)}, offset=i))
     records[7] = binary("bad", {"features": np.array([np.nan, 1, 2], np.float32)}, offset=7)
@@ -194,12 +194,12 @@ def test_faulty_binary_events_get_the_json_contract_reasons(
 
 def test_an_unknown_content_type_is_dead_lettered_and_json_ones_are_json() -> None:
     body = orjson.dumps({"id": "a", "features": [1, 2, 3]})
-    refused = raw(body, headers=((CONTENT_TYPE_HEADER, b"text/plain\n\x1b[31m"),))
+    refused = raw_record(body, headers=((CONTENT_TYPE_HEADER, b"text/plain\n\x1b[31m"),))
     letter = decode(refused, CTX)
     assert isinstance(letter, DeadLetter) and letter.reason == Reason.INVALID_EVENT
     assert "content-type" in letter.message and "\x1b" not in letter.message
     for kind in (b"application/json", b"Application/JSON; charset=utf-8", b""):
-        assert isinstance(decode(raw(body, headers=((CONTENT_TYPE_HEADER, kind),)), CTX), Event)
+        assert isinstance(decode(raw_record(body, headers=((CONTENT_TYPE_HEADER, kind),)), CTX), Event)
 
 
 def test_binary_predictions_round_trip_per_row() -> None:
@@ -238,7 +238,7 @@ def test_arbitrary_bytes_as_binary_events_become_dead_letters_never_errors(
         hdrs: tuple[tuple[str, bytes], ...] = ((CONTENT_TYPE_HEADER, BINARY_CONTENT_TYPE.encode()),)
         if lengths[i] is not None:
             hdrs += ((HEADER_LENGTH_HEADER, lengths[i]),)
-        records.append(raw(value, offset=i, headers=hdrs))
+        records.append(raw_record(value, offset=i, headers=hdrs))
     many = decode_many(records, CTX)
     assert len(many) == len(records)
     for record, item in zip(records, many, strict=True):
@@ -300,7 +300,7 @@ def test_binary_events_follow_a_b_routing_like_json_events() -> None:
     keys = [f"key-{i}".encode() for i in range(30)]
     out = decode_many([binary(f"e{i}", key=k, offset=i) for i, k in enumerate(keys)], ctx)
     twins = [
-        decode(raw(orjson.dumps({"id": f"e{i}", "features": [1, 2, 3]}), key=k), ctx)
+        decode(raw_record(orjson.dumps({"id": f"e{i}", "features": [1, 2, 3]}), key=k), ctx)
         for i, k in enumerate(keys)
     ]
     assert all(isinstance(e, Event) for e in out)
@@ -320,7 +320,7 @@ def test_a_header_layout_seen_before_in_a_chunk_cannot_smuggle_a_different_id() 
             (CONTENT_TYPE_HEADER, BINARY_CONTENT_TYPE.encode()),
             (HEADER_LENGTH_HEADER, b"%d" % len(head)),
         )
-        sneaky.append(raw(head + F3.tobytes(), offset=i, headers=hdrs))
+        sneaky.append(raw_record(head + F3.tobytes(), offset=i, headers=hdrs))
     out = decode_many(sneaky, CTX)
     assert [e.id for e in out if isinstance(e, Event)] == [
         "first-0",
@@ -358,7 +358,7 @@ def test_the_readme_producer_example_writes_an_event_the_engine_decodes(
     row = np.linspace(0.1, 3.0, 30)
     exec(example, {"row": row})  # noqa: S102 - the README's own example
     (record,) = sent
-    ctx = DecodeContext({"breast_cancer": spec("breast_cancer", 30)}, "breast_cancer", LimitSettings())
-    out = decode(raw(record["value"], key=record["key"], headers=tuple(record["headers"])), ctx)
+    ctx = DecodeContext({"breast_cancer": model_spec("breast_cancer", 30)}, "breast_cancer", LimitSettings())
+    out = decode(raw_record(record["value"], key=record["key"], headers=tuple(record["headers"])), ctx)
     assert isinstance(out, Event) and out.id == "order-17" and out.binary
     np.testing.assert_allclose(out.inputs["features"], row.astype(np.float32))

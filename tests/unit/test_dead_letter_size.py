@@ -10,7 +10,7 @@ from confluent_kafka import KafkaException, Producer
 from engine.dlq import dead_letter_record, fit_record, record_size
 from engine.errors import Reason
 from engine.records import DeadLetter, OutRecord
-from tests.unit.fakes import raw
+from engine.testing import raw_record
 
 LIMIT = 1_000_000
 TRACE = ("traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")
@@ -19,7 +19,9 @@ TRACE = ("traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")
 def _letter(
     value: bytes | None, key: bytes | None = b"k", headers: tuple[tuple[str, bytes], ...] = ()
 ) -> DeadLetter:
-    return DeadLetter(raw(value, offset=7, key=key, headers=headers), Reason.TOO_LARGE, "value is too large")
+    return DeadLetter(
+        raw_record(value, offset=7, key=key, headers=headers), Reason.TOO_LARGE, "value is too large"
+    )
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from engine.contract.outputs import encode_prediction
 from engine.errors import Reason
 from engine.records import DeadLetter, Event
 from engine.settings import LimitSettings
-from tests.unit.fakes import raw, spec
+from engine.testing import model_spec, raw_record
 
 CTX = DecodeContext(
-    models={"m": spec("m", 3), "other": spec("other", 2)},
+    models={"m": model_spec("m", 3), "other": model_spec("other", 2)},
     default_model="m",
     limits=LimitSettings(max_message_bytes=2000, max_elements=100, max_id_length=32),
 )
@@ -26,7 +26,7 @@ CTX = DecodeContext(
 
 def _decode(value: object) -> Event | DeadLetter:
     data = value if isinstance(value, bytes) else orjson.dumps(value)
-    return decode(raw(data), CTX)
+    return decode(raw_record(data), CTX)
 
 
 def _reason(value: object) -> Reason:
@@ -89,7 +89,7 @@ def test_bad_events_become_dead_letters_with_reason(value: object, reason: Reaso
 
 
 def test_tombstone_is_a_dead_letter() -> None:
-    out = decode(raw(None), CTX)
+    out = decode(raw_record(None), CTX)
     assert isinstance(out, DeadLetter) and out.reason is Reason.INVALID_JSON
 
 
@@ -154,7 +154,7 @@ EVIL = "\n\x1b[31mFAKE LOG LINE\r\u202e" + "x" * 200_000
 )
 def test_text_from_the_event_in_a_message_is_escaped_and_bounded(value: object) -> None:
     ctx = DecodeContext(CTX.models, "m", LimitSettings(max_message_bytes=1_000_000))
-    out = decode(raw(orjson.dumps(value)), ctx)
+    out = decode(raw_record(orjson.dumps(value)), ctx)
     assert isinstance(out, DeadLetter)
     assert out.message.isprintable() and "\x1b" not in out.message and "\n" not in out.message
     assert len(out.message) <= 300
@@ -162,7 +162,7 @@ def test_text_from_the_event_in_a_message_is_escaped_and_bounded(value: object) 
 
 
 def test_an_unforeseen_failure_is_a_dead_letter_not_an_exception(caplog: pytest.LogCaptureFixture) -> None:
-    records = [raw(orjson.dumps({"id": f"e{i}", "features": [i, 2, 3]}), offset=i) for i in range(3)]
+    records = [raw_record(orjson.dumps({"id": f"e{i}", "features": [i, 2, 3]}), offset=i) for i in range(3)]
     with mock.patch.object(json_input, "to_tensor", side_effect=ZeroDivisionError("boom")):
         outs = [decode(records[0], CTX), *decode_many(records[:1], CTX)]
     with mock.patch.object(json_input, "stacked", side_effect=MemoryError()):

@@ -33,7 +33,7 @@ from engine.errors import Reason
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event, Headers
 from engine.settings import LimitSettings
-from tests.unit.fakes import raw, spec
+from engine.testing import model_spec, raw_record
 
 LIMITS = LimitSettings(
     max_message_bytes=4000,
@@ -56,7 +56,7 @@ PAIR = ModelSpec(
     ),
     outputs=(TensorSpec("y", np.dtype(np.float32), (1,)),),
 )
-MODELS: dict[str, ModelSpec] = {"m": spec("m", 3), "pair": PAIR}
+MODELS: dict[str, ModelSpec] = {"m": model_spec("m", 3), "pair": PAIR}
 MODELS.update(
     {
         f"d_{d.name}": ModelSpec(f"d_{d.name}", 8, (TensorSpec("t", d, (2, -1)),), ())
@@ -207,7 +207,7 @@ def expected_reason(value: bytes | None, key: bytes | None = b"k", headers: Head
 
 def check(value: bytes | None, key: bytes | None = b"k", headers: Headers = ()) -> Event | DeadLetter:
     """Decode ``value`` (with ``key`` and ``headers``) and assert the outcome is the contract's."""
-    out = decode(raw(value, key=key, headers=headers), CTX)
+    out = decode(raw_record(value, key=key, headers=headers), CTX)
     want = expected_reason(value, key, headers)
     event(f"outcome: {want.value if want else 'event'}")
     if want is None:
@@ -510,7 +510,7 @@ def test_values_over_the_byte_limit_are_too_large_before_parsing(size: int) -> N
     head = b'{"id": "a", "features": [1, 2, 3], "pad": "'
     value = head + b"x" * (size - len(head) - 2) + b'"}'
     with mock.patch.object(json_input.orjson, "loads", side_effect=AssertionError("parsed over the limit")):
-        out = decode(raw(value), CTX)
+        out = decode(raw_record(value), CTX)
     assert isinstance(out, DeadLetter) and out.reason is Reason.TOO_LARGE
 
 
@@ -535,14 +535,16 @@ def test_inputs_over_the_element_limit_are_too_large_before_any_array_is_made(
 
 
 def test_null_key_and_null_value_are_handled() -> None:
-    assert isinstance(decode(raw(orjson.dumps({"id": "a", "features": [1, 2, 3]}), key=None), CTX), Event)
-    out = decode(raw(None, key=None), CTX)
+    assert isinstance(
+        decode(raw_record(orjson.dumps({"id": "a", "features": [1, 2, 3]}), key=None), CTX), Event
+    )
+    out = decode(raw_record(None, key=None), CTX)
     assert isinstance(out, DeadLetter) and out.reason is Reason.INVALID_JSON
 
 
 def test_depth_past_the_json_parser_limit_is_invalid_json() -> None:
     value = b'{"id": "a", "features": ' + b"[" * 5000 + b"]" * 5000 + b"}"
-    out = decode(raw(value), DecodeContext(MODELS, "m", LimitSettings()))
+    out = decode(raw_record(value), DecodeContext(MODELS, "m", LimitSettings()))
     assert isinstance(out, DeadLetter) and out.reason is Reason.INVALID_JSON
 
 
@@ -556,7 +558,7 @@ def check_batch(values: list[bytes], envelopes: list[tuple[bytes | None, Headers
     """
     envelopes = envelopes or [(b"k", ())] * len(values)
     records = [
-        raw(v, offset=i, key=k, headers=h)
+        raw_record(v, offset=i, key=k, headers=h)
         for i, (v, (k, h)) in enumerate(zip(values, envelopes, strict=True))
     ]
     outs = decode_many(records, CTX)
@@ -614,6 +616,6 @@ def test_a_valid_batch_is_converted_in_one_piece() -> None:
     values = [orjson.dumps({"id": f"e{i}", "features": [i, 2.5, -1.0]}) for i in range(50)]
     ctx = DecodeContext(MODELS, "m", LIMITS.model_copy(update={"max_held_value_bytes": 1_000_000}))
     with mock.patch.object(json_input, "to_tensor", side_effect=AssertionError("per-event path used")):
-        outs = decode_many([raw(v) for v in values], ctx)
+        outs = decode_many([raw_record(v) for v in values], ctx)
     assert all(isinstance(o, Event) for o in outs)
     assert [o.inputs["features"][0] for o in outs if isinstance(o, Event)] == list(range(50))

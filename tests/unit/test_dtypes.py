@@ -19,7 +19,7 @@ from engine.errors import Reason
 from engine.modelspec import ModelSpec, TensorSpec
 from engine.records import DeadLetter, Event
 from engine.settings import LimitSettings
-from tests.unit.fakes import raw
+from engine.testing import raw_record
 
 NUMPY = {
     "BOOL": np.bool_,
@@ -55,9 +55,9 @@ def _outcomes(name: str, literal: str) -> list[Event | DeadLetter]:
     ctx = _ctx(NUMPY[name])
     value = _value(name, literal)
     plain = _value(name, VALID.get(name, "7"))
-    alone = decode(raw(value), ctx)
-    (many,) = decode_many([raw(value)], ctx)
-    among = decode_many([raw(plain), raw(value), raw(plain)], ctx)[1]
+    alone = decode(raw_record(value), ctx)
+    (many,) = decode_many([raw_record(value)], ctx)
+    among = decode_many([raw_record(plain), raw_record(value), raw_record(plain)], ctx)[1]
     return [alone, many, among]
 
 
@@ -143,7 +143,7 @@ def test_each_dtype_rejects_values_of_the_wrong_kind_as_bad_dtype_saying_what_wa
 
 def test_bool_input_given_numbers_is_a_dead_letter_not_an_exception() -> None:
     ctx = _ctx(np.bool_)
-    records = [raw(b'{"id": "a", "features": [1, 0]}', offset=i) for i in range(3)]
+    records = [raw_record(b'{"id": "a", "features": [1, 0]}', offset=i) for i in range(3)]
     outs = [decode(records[0], ctx), *decode_many(records, ctx)]
     assert all(isinstance(o, DeadLetter) and o.reason is Reason.BAD_DTYPE for o in outs), outs
     assert "BOOL takes true or false" in outs[0].message  # type: ignore[union-attr]
@@ -165,7 +165,7 @@ def test_64_bit_extremes_of_both_signs_in_one_batch_decode_like_each_event_alone
     values = [b"[-1, 0]", b"[9223372036854775808, 1]", b"[18446744073709551615, -9223372036854775808]"]
     for dtype in (np.int64, np.uint64):
         ctx = _ctx(dtype)
-        records = [raw(b'{"id": "a", "features": ' + v + b"}", offset=i) for i, v in enumerate(values)]
+        records = [raw_record(b'{"id": "a", "features": ' + v + b"}", offset=i) for i, v in enumerate(values)]
         for alone, together in zip([decode(r, ctx) for r in records], decode_many(records, ctx), strict=True):
             assert type(alone) is type(together)
             if isinstance(alone, Event) and isinstance(together, Event):
@@ -176,14 +176,14 @@ def test_64_bit_extremes_of_both_signs_in_one_batch_decode_like_each_event_alone
 
 @pytest.mark.parametrize("dtype", [np.object_, np.bytes_, np.str_, np.complex64])
 def test_inputs_of_a_dtype_events_cannot_carry_are_bad_dtype_with_a_message(dtype: Any) -> None:
-    out = decode(raw(b'{"id": "a", "features": ["x", "y"]}'), _ctx(dtype))
+    out = decode(raw_record(b'{"id": "a", "features": ["x", "y"]}'), _ctx(dtype))
     assert isinstance(out, DeadLetter) and out.reason is Reason.BAD_DTYPE
     assert "events carry only BOOL, INT, UINT and FP inputs" in out.message
 
 
 @pytest.mark.parametrize("name", list(NUMPY))
 def test_an_empty_array_fits_a_variable_length_input_of_any_dtype(name: str) -> None:
-    out = decode(raw(b'{"id": "a", "features": []}'), _ctx(NUMPY[name], (-1,)))
+    out = decode(raw_record(b'{"id": "a", "features": []}'), _ctx(NUMPY[name], (-1,)))
     assert isinstance(out, Event)
     assert out.inputs["t"].dtype == np.dtype(NUMPY[name]) and out.inputs["t"].shape == (0,)
 
@@ -191,8 +191,8 @@ def test_an_empty_array_fits_a_variable_length_input_of_any_dtype(name: str) -> 
 @pytest.mark.parametrize("name", list(NUMPY))
 def test_a_scalar_input_checks_its_one_value(name: str) -> None:
     ctx = _ctx(NUMPY[name], ())
-    good = decode(raw(f'{{"id": "a", "features": {VALID.get(name, "7")}}}'.encode()), ctx)
+    good = decode(raw_record(f'{{"id": "a", "features": {VALID.get(name, "7")}}}'.encode()), ctx)
     assert isinstance(good, Event) and good.inputs["t"].shape == ()
-    bad = decode(raw(b'{"id": "a", "features": "7"}'), ctx)
+    bad = decode(raw_record(b'{"id": "a", "features": "7"}'), ctx)
     assert isinstance(bad, DeadLetter) and bad.reason is Reason.BAD_DTYPE
     assert "input 't' is a string" in bad.message

@@ -9,6 +9,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 import engine.errors as errors
 from engine.errors import (
+    BackendUnavailable,
     ConfigError,
     EngineError,
     FatalError,
@@ -16,7 +17,6 @@ from engine.errors import (
     ModelNotFound,
     Reason,
     RetryableError,
-    TritonUnavailable,
     error_code,
 )
 from inference.model_control import ModelControlError
@@ -49,15 +49,15 @@ def test_a_config_error_is_neither_retried_nor_dead_lettered() -> None:
 
 
 def test_retryable_fatal_and_the_reason_are_class_attributes() -> None:
-    assert issubclass(TritonUnavailable, RetryableError)
+    assert issubclass(BackendUnavailable, RetryableError)
     assert issubclass(InferenceFailed, FatalError) and InferenceFailed.reason is Reason.INFERENCE_ERROR
     assert issubclass(ModelNotFound, FatalError) and ModelNotFound.reason is Reason.UNKNOWN_MODEL
 
 
 def test_the_code_is_a_declared_attribute_given_to_the_constructor() -> None:
-    assert EngineError.code is None and "code" not in vars(TritonUnavailable("down"))
-    assert error_code(TritonUnavailable("down")) == "TritonUnavailable"
-    assert error_code(TritonUnavailable("down", code="UNAVAILABLE")) == "UNAVAILABLE"
+    assert EngineError.code is None and "code" not in vars(BackendUnavailable("down"))
+    assert error_code(BackendUnavailable("down")) == "BackendUnavailable"
+    assert error_code(BackendUnavailable("down", code="UNAVAILABLE")) == "UNAVAILABLE"
     assert error_code(ValueError("a bug")) == "ValueError"
 
 
@@ -79,7 +79,7 @@ class _Status:
 @pytest.mark.parametrize(
     ("status", "kind", "code"),
     [
-        ("StatusCode.UNAVAILABLE", TritonUnavailable, "UNAVAILABLE"),
+        ("StatusCode.UNAVAILABLE", BackendUnavailable, "UNAVAILABLE"),
         ("StatusCode.NOT_FOUND", ModelNotFound, "NOT_FOUND"),
         ("StatusCode.INVALID_ARGUMENT", InferenceFailed, "INVALID_ARGUMENT"),
         ("", InferenceFailed, "CLIENT"),

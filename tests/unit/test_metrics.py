@@ -47,7 +47,7 @@ def queried_names() -> dict[str, set[str]]:
 
 
 def test_latency_histograms_resolve_one_millisecond_to_ten_seconds(metrics: EngineMetrics) -> None:
-    for histogram in (metrics.e2e_latency, metrics.batch_wait, metrics.triton_latency):
+    for histogram in (metrics.e2e_latency, metrics.batch_wait, metrics.backend_latency):
         histogram.labels("m").observe(0.0005)
     for name in ("sie_e2e_latency_seconds", "sie_batch_wait_seconds", "sie_triton_request_seconds"):
         bounds = sorted(

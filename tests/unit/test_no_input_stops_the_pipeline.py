@@ -18,17 +18,9 @@ import pytest
 
 import engine.pipeline as pipeline_module
 from engine.contract.decode import decode as real_decode
-from engine.errors import TritonUnavailable
-from tests.unit.fakes import FakeSink
-from tests.unit.poison_support import (
-    LibrdkafkaSizedSink,
-    ScriptedBackend,
-    event,
-    outcome_by_offset,
-    pipeline,
-    records,
-    sums,
-)
+from engine.errors import BackendUnavailable
+from engine.testing import RecordingSink, ScriptedBackend, json_event, raw_records, sums
+from tests.unit.poison_support import LibrdkafkaSizedSink, outcome_by_offset, pipeline
 
 
 @pytest.fixture
@@ -41,7 +33,7 @@ def sized_sink() -> Iterator[LibrdkafkaSizedSink]:
 async def _through(p: Any, values: list[bytes | None], acked: list[int] | None = None, **kw: Any) -> None:
     await p.start()
     try:
-        await asyncio.wait_for(p.submit(records(values, acked, **kw)), 3)
+        await asyncio.wait_for(p.submit(raw_records(values, acked, **kw)), 3)
     except asyncio.TimeoutError:
         raise AssertionError("submit blocked for good: the emitter is dead, consumption stalled") from None
     assert await p.drain(3), "records left unacknowledged: the pipeline stalled"
@@ -53,9 +45,9 @@ def _alive(p: Any) -> bool:
 
 async def test_events_of_different_lengths_for_a_variable_length_model_are_each_predicted() -> None:
     lengths = [3, 5, 3, 8, 5, 3]
-    backend, sink = ScriptedBackend(), FakeSink()
+    backend, sink = ScriptedBackend(), RecordingSink()
     p = pipeline(backend, sink, max_size=8)
-    values = [event(i, [float(i)] * n, model="seq") for i, n in enumerate(lengths)]
+    values = [json_event(i, [float(i)] * n, model="seq") for i, n in enumerate(lengths)]
     await _through(p, values)
 
     assert outcome_by_offset(sink) == dict.fromkeys(range(6), "prediction")
@@ -63,16 +55,20 @@ async def test_events_of_different_lengths_for_a_variable_length_model_are_each_
         orjson.loads(r.value)["id"]: orjson.loads(r.value)["outputs"]["probabilities"][0] for r in sink.sent
     }
     assert sums_out == {f"e{i}": float(i * n) for i, n in enumerate(lengths)}
-    assert sorted(backend.shapes) == [("seq", (1, 8)), ("seq", (2, 5)), ("seq", (3, 3))]
+    assert sorted((c.model, c.shape) for c in backend.calls) == [
+        ("seq", (1, 8)),
+        ("seq", (2, 5)),
+        ("seq", (3, 3)),
+    ]
     assert _alive(p)
     await p.stop()
 
 
 async def test_events_of_one_length_keep_their_order_across_lengths() -> None:
-    sink = FakeSink()
+    sink = RecordingSink()
     p = pipeline(ScriptedBackend(), sink, max_size=2)
     lengths = [2, 4, 2, 4, 2, 4, 2]
-    await _through(p, [event(i, [1.0] * n, model="seq") for i, n in enumerate(lengths)])
+    await _through(p, [json_event(i, [1.0] * n, model="seq") for i, n in enumerate(lengths)])
     ids = [orjson.loads(r.value)["id"] for r in sink.on("out")]
     assert [i for i in ids if lengths[int(i[1:])] == 2] == ["e0", "e2", "e4", "e6"]
     assert [i for i in ids if lengths[int(i[1:])] == 4] == ["e1", "e3", "e5"]
@@ -83,9 +79,9 @@ async def test_an_unexpected_backend_error_dead_letters_only_its_batch_and_the_e
     def crash(x: np.ndarray) -> dict[str, np.ndarray]:
         raise ValueError("the client library broke")
 
-    sink = FakeSink()
+    sink = RecordingSink()
     p = pipeline(ScriptedBackend([crash]), sink, max_size=2, in_flight=1)
-    await _through(p, [event(i) for i in range(6)])
+    await _through(p, [json_event(i) for i in range(6)])
     outcomes = outcome_by_offset(sink)
     assert outcomes == {0: "inference_error", 1: "inference_error"} | dict.fromkeys(range(2, 6), "prediction")
     message = dict(sink.on("dlq")[0].headers)["error.message"]
@@ -98,9 +94,9 @@ async def test_an_answer_with_too_few_rows_dead_letters_its_batch() -> None:
     def short(x: np.ndarray) -> dict[str, np.ndarray]:
         return {"probabilities": sums(x)["probabilities"][:-1]}
 
-    sink = FakeSink()
+    sink = RecordingSink()
     p = pipeline(ScriptedBackend([short]), sink, max_size=3, in_flight=1)
-    await _through(p, [event(i) for i in range(5)])
+    await _through(p, [json_event(i) for i in range(5)])
     assert outcome_by_offset(sink) == dict.fromkeys(range(3), "inference_error") | {
         3: "prediction",
         4: "prediction",
@@ -117,9 +113,9 @@ async def test_a_prediction_that_cannot_be_encoded_dead_letters_only_its_event()
         out[1] = object()  # orjson cannot serialise it
         return {"probabilities": out}
 
-    sink = FakeSink()
+    sink = RecordingSink()
     p = pipeline(ScriptedBackend([odd_row]), sink, max_size=3, in_flight=1)
-    await _through(p, [event(i) for i in range(3)])
+    await _through(p, [json_event(i) for i in range(3)])
     assert outcome_by_offset(sink) == {0: "prediction", 1: "inference_error", 2: "prediction"}
     assert b"cannot be encoded" in dict(sink.on("dlq")[0].headers)["error.message"]
     await p.stop()
@@ -133,7 +129,7 @@ async def test_a_prediction_larger_than_the_broker_accepts_is_dead_lettered_too_
         return {"probabilities": np.full((len(x), width), 0.123456789, np.float32)}
 
     p = pipeline(ScriptedBackend([huge_for_99] * 3), sized_sink, max_size=1, in_flight=1)
-    await _through(p, [event(0), event(1, [99, 0, 0]), event(2)])
+    await _through(p, [json_event(0), json_event(1, [99, 0, 0]), json_event(2)])
     assert outcome_by_offset(sized_sink) == {0: "prediction", 1: "too_large", 2: "prediction"}
     assert b"over the limit of 1000000" in dict(sized_sink.on("dlq")[0].headers)["error.message"]
     assert _alive(p)
@@ -153,9 +149,9 @@ async def test_a_decoder_crash_dead_letters_exactly_the_records_it_crashed_on(
 
     monkeypatch.setattr(pipeline_module, "decode_many", broken_many)
     monkeypatch.setattr(pipeline_module, "decode", broken_on_two, raising=False)
-    sink = FakeSink()
+    sink = RecordingSink()
     p = pipeline(ScriptedBackend(), sink)
-    await _through(p, [event(i) for i in range(4)])
+    await _through(p, [json_event(i) for i in range(4)])
     assert outcome_by_offset(sink) == {0: "prediction", 1: "prediction", 2: "invalid_event", 3: "prediction"}
     await p.stop()
 
@@ -168,7 +164,7 @@ async def test_a_dead_letter_of_a_value_near_the_size_limit_is_produced_truncate
     trace = (("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"), ("tenant", b"t" * 300))
     acked: list[int] = []
     p = pipeline(ScriptedBackend(), sized_sink)
-    await _through(p, [event(0), near, over, event(3)], acked, headers=trace)
+    await _through(p, [json_event(0), near, over, json_event(3)], acked, headers=trace)
 
     assert outcome_by_offset(sized_sink) == {
         0: "prediction",
@@ -189,7 +185,7 @@ async def test_a_dead_letter_of_a_value_near_the_size_limit_is_produced_truncate
 
 async def test_a_pipeline_task_that_dies_makes_the_pipeline_report_a_failure() -> None:
     failures: list[str] = []
-    p = pipeline(ScriptedBackend(), FakeSink(), on_failure=failures.append)
+    p = pipeline(ScriptedBackend(), RecordingSink(), on_failure=failures.append)
 
     async def broken_get() -> Any:
         raise RuntimeError("queue broke")
@@ -204,7 +200,7 @@ async def test_a_pipeline_task_that_dies_makes_the_pipeline_report_a_failure() -
 
 
 async def test_outputs_the_producer_gives_up_on_are_never_acknowledged_and_fail_the_pipeline() -> None:
-    class GivingUpSink(FakeSink):
+    class GivingUpSink(RecordingSink):
         async def send(self, records: Any) -> asyncio.Future[None]:
             self.sent.extend(records)
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -214,7 +210,7 @@ async def test_outputs_the_producer_gives_up_on_are_never_acknowledged_and_fail_
     acked: list[int] = []
     p = pipeline(ScriptedBackend(), GivingUpSink())
     await p.start()
-    await p.submit(records([event(0), b"{bad"], acked))
+    await p.submit(raw_records([json_event(0), b"{bad"], acked))
     assert not await p.drain(0.3)
     assert acked == [], "a record whose output was given up must never be committed"
     assert p.failure is not None and "given up" in p.failure
@@ -223,10 +219,10 @@ async def test_outputs_the_producer_gives_up_on_are_never_acknowledged_and_fail_
 
 async def test_retryable_errors_on_variable_length_batches_are_retried_never_dead_lettered() -> None:
     def unavailable(x: np.ndarray) -> dict[str, np.ndarray]:
-        raise TritonUnavailable("UNAVAILABLE: restarting")
+        raise BackendUnavailable("UNAVAILABLE: restarting")
 
-    sink = FakeSink()
+    sink = RecordingSink()
     p = pipeline(ScriptedBackend([unavailable] * 5), sink, max_size=8)
-    await _through(p, [event(i, [1.0] * (2 + i % 3), model="seq") for i in range(6)])
+    await _through(p, [json_event(i, [1.0] * (2 + i % 3), model="seq") for i in range(6)])
     assert outcome_by_offset(sink) == dict.fromkeys(range(6), "prediction")
     await p.stop()

@@ -7,11 +7,11 @@ import orjson
 
 from engine.contract.outputs import encode_shadow_prediction
 from engine.records import Event, InferenceResult
-from tests.unit.fakes import raw
+from engine.testing import raw_record
 
 
 def test_a_shadow_prediction_names_the_shadow_and_the_model_it_shadows() -> None:
-    event = Event("ev-17", "breast_cancer", {"x": np.zeros(3, np.float32)}, raw({}), arm="a")
+    event = Event("ev-17", "breast_cancer", {"x": np.zeros(3, np.float32)}, raw_record({}), arm="a")
     result = InferenceResult("challenger", "2", {"probabilities": np.array([[0.25, 0.75]], np.float32)})
     value = encode_shadow_prediction(event, result, {"probabilities": result.outputs["probabilities"][0]})
     assert value == (

@@ -9,35 +9,25 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from engine.contract.context import DecodeContext
-from engine.errors import InferenceFailed, TritonUnavailable
-from engine.pipeline import Pipeline, PipelineParts
+from engine.errors import BackendUnavailable, InferenceFailed
+from engine.pipeline import Pipeline
+from engine.ports import PipelineParts
 from engine.records import Completion
 from engine.retry import CircuitBreaker, Retrier
 from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
+from engine.testing import InstantClock, RecordingSink, ScriptedBackend, model_spec, raw_record
 from observability.metrics import create_metrics
-from tests.unit.fakes import FakeBackend, FakeSink, raw, spec
 
 TOPICS = TopicSettings(events="in", predictions="out", dlq="dlq")
 
 
-class _Clock:
-    """Real loop time, but retry sleeps are instant."""
-
-    def now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    def call_later(self, delay, callback):  # type: ignore[no-untyped-def]
-        return asyncio.get_running_loop().call_later(delay, callback)
-
-    async def sleep(self, delay: float) -> None:
-        await asyncio.sleep(0)
-
-
-def _pipeline(backend: FakeBackend, sink: FakeSink, max_size: int = 4, in_flight: int = 2) -> Pipeline:
-    clock = _Clock()
+def _pipeline(
+    backend: ScriptedBackend, sink: RecordingSink, max_size: int = 4, in_flight: int = 2
+) -> Pipeline:
+    clock = InstantClock()
     retry = RetrySettings(initial_backoff_s=0.001, failure_threshold=100)
     parts = PipelineParts(
-        decode_ctx=DecodeContext({"m": spec("m", 3, max_batch=64)}, "m", LimitSettings()),
+        decode_ctx=DecodeContext({"m": model_spec("m", 3, max_batch=64)}, "m", LimitSettings()),
         backend=backend,
         retrier=Retrier(retry, clock, CircuitBreaker(retry, clock)),
         sink=sink,
@@ -54,7 +44,7 @@ def _chunk(n: int, start: int = 0, bad: set[int] = frozenset(), acked: list[int]
     for i in range(start, start + n):
         value = b"{oops" if i in bad else orjson.dumps({"id": f"e{i}", "features": [i, 1, 0]})
         out.append(
-            raw(
+            raw_record(
                 value,
                 offset=i,
                 key=f"k{i % 3}".encode(),
@@ -66,7 +56,7 @@ def _chunk(n: int, start: int = 0, bad: set[int] = frozenset(), acked: list[int]
 
 
 async def test_every_event_gets_one_prediction_in_order() -> None:
-    backend, sink = FakeBackend(), FakeSink()
+    backend, sink = ScriptedBackend(), RecordingSink()
     p = _pipeline(backend, sink)
     await p.start()
     await p.submit(_chunk(10))
@@ -77,13 +67,13 @@ async def test_every_event_gets_one_prediction_in_order() -> None:
     assert out[0]["model_version"] == "1" and set(out[0]["timing_ms"]) == {"queue", "inference", "total"}
     assert [r.key for r in sink.on("out")][:3] == [b"k0", b"k1", b"k2"]
     assert sink.on("out")[0].headers == (("traceparent", b"00-abc-def-01"),)
-    assert all(size <= 4 for _, size in backend.calls)
+    assert all(call.rows <= 4 for call in backend.calls)
     await p.stop()
 
 
 async def test_malformed_events_go_to_dlq_and_the_rest_are_predicted() -> None:
-    sink = FakeSink()
-    p = _pipeline(FakeBackend(), sink)
+    sink = RecordingSink()
+    p = _pipeline(ScriptedBackend(), sink)
     await p.start()
     await p.submit(_chunk(6, bad={2, 4}))
     assert await p.drain(5)
@@ -97,10 +87,10 @@ async def test_malformed_events_go_to_dlq_and_the_rest_are_predicted() -> None:
 
 
 async def test_offsets_are_released_only_after_the_broker_acknowledges() -> None:
-    sink = FakeSink()
+    sink = RecordingSink()
     sink.hold = True
     acked: list[int] = []
-    p = _pipeline(FakeBackend(), sink)
+    p = _pipeline(ScriptedBackend(), sink)
     await p.start()
     await p.submit(_chunk(5, acked=acked))
     p._batcher.flush_all()
@@ -114,8 +104,8 @@ async def test_offsets_are_released_only_after_the_broker_acknowledges() -> None
 
 
 async def test_retryable_failure_is_retried_not_dead_lettered() -> None:
-    backend, sink = FakeBackend(), FakeSink()
-    backend.errors = [TritonUnavailable("UNAVAILABLE: down"), TritonUnavailable("UNAVAILABLE: down")]
+    backend, sink = ScriptedBackend(), RecordingSink()
+    backend.fail_next(BackendUnavailable("UNAVAILABLE: down"), BackendUnavailable("UNAVAILABLE: down"))
     p = _pipeline(backend, sink)
     await p.start()
     await p.submit(_chunk(3))
@@ -126,8 +116,8 @@ async def test_retryable_failure_is_retried_not_dead_lettered() -> None:
 
 
 async def test_fatal_failure_dead_letters_the_batch_as_inference_error() -> None:
-    backend, sink = FakeBackend(), FakeSink()
-    backend.errors = [InferenceFailed("INVALID_ARGUMENT: bad")]
+    backend, sink = ScriptedBackend(), RecordingSink()
+    backend.fail_next(InferenceFailed("INVALID_ARGUMENT: bad"))
     p = _pipeline(backend, sink, max_size=2)
     await p.start()
     await p.submit(_chunk(4))
@@ -139,7 +129,7 @@ async def test_fatal_failure_dead_letters_the_batch_as_inference_error() -> None
 
 
 async def test_submit_blocks_when_batches_are_outstanding() -> None:
-    backend, sink = FakeBackend(), FakeSink()
+    backend, sink = ScriptedBackend(), RecordingSink()
     backend.gate = asyncio.Event()
     p = _pipeline(backend, sink, max_size=1, in_flight=1)
     await p.start()
@@ -156,8 +146,8 @@ async def test_submit_blocks_when_batches_are_outstanding() -> None:
 
 @pytest.mark.parametrize("n", [1, 9])
 async def test_drain_flushes_open_batches(n: int) -> None:
-    sink = FakeSink()
-    p = _pipeline(FakeBackend(), sink, max_size=100)
+    sink = RecordingSink()
+    p = _pipeline(ScriptedBackend(), sink, max_size=100)
     await p.start()
     await p.submit(_chunk(n))
     assert await p.drain(5)

@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.dlq import record_size
-from engine.errors import InferenceFailed, Reason, TritonUnavailable
+from engine.errors import BackendUnavailable, InferenceFailed, Reason
 from engine.records import OutRecord
 from engine.settings import LimitSettings
-from tests.unit.fakes import FakeSink
-from tests.unit.poison_support import ScriptedBackend, pipeline, records, sums
+from engine.testing import RecordingSink, ScriptedBackend, raw_records, sums
+from tests.unit.poison_support import pipeline
 
 LIMIT = 3000
 LIMITS = LimitSettings(max_message_bytes=LIMIT, max_elements=64, max_id_length=40)
@@ -38,7 +38,7 @@ REASONS = {r.value for r in Reason}
 
 def _behaviour(name: str) -> Any:
     def unavailable(x: np.ndarray) -> Any:
-        raise TritonUnavailable("UNAVAILABLE: restarting")
+        raise BackendUnavailable("UNAVAILABLE: restarting")
 
     def fatal(x: np.ndarray) -> Any:
         raise InferenceFailed("INVALID_ARGUMENT: rejected")
@@ -61,7 +61,7 @@ def _behaviour(name: str) -> Any:
     return (named | {"short": short, "garbage": garbage, "huge": huge})[name]
 
 
-class StrictSink(FakeSink):
+class StrictSink(RecordingSink):
     """Refuses a record over the limit, as librdkafka's ``produce`` does (raising)."""
 
     async def send(self, records: Sequence[OutRecord]) -> asyncio.Future[None]:
@@ -100,7 +100,7 @@ async def _scenario(drawn: list[tuple[Any, Any, Any]], script: list[str], max_si
     backend = ScriptedBackend([_behaviour(name) for name in script])
     p = pipeline(backend, sink, max_size=max_size, in_flight=2, limits=LIMITS)
     acked: list[int] = []
-    recs = records(
+    recs = raw_records(
         [_value(i, v) for i, (v, _, _) in enumerate(drawn)],
         acked,
         keys=[k for _, k, _ in drawn],

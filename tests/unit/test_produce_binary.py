@@ -11,9 +11,9 @@ from engine.contract.context import DecodeContext
 from engine.contract.decode import decode
 from engine.records import DeadLetter, Event
 from engine.settings import LimitSettings
+from engine.testing import raw_record
 from ops.binary_events import BinaryConverter
 from ops.loadgen import prediction_id
-from tests.unit.fakes import raw
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
@@ -34,7 +34,7 @@ def test_json_lines_convert_to_binary_events_with_the_models_dtypes() -> None:
         None,  # sent as is: the engine dead-letters it with its reason
         None,
     ]
-    decoded = [decode(raw(v, key=k, headers=tuple(h)), ctx) for v, k, h in out]
+    decoded = [decode(raw_record(v, key=k, headers=tuple(h)), ctx) for v, k, h in out]
     first, second = decoded[0], decoded[1]
     assert isinstance(first, Event) and first.binary and first.inputs["features"].dtype == np.float32
     np.testing.assert_array_equal(first.inputs["features"], np.arange(30))
@@ -48,7 +48,7 @@ def test_the_load_generators_monitor_reads_ids_of_json_and_binary_predictions() 
     converter = BinaryConverter.from_repository(REPOSITORY, "breast_cancer")
     ctx = DecodeContext(converter.specs, "breast_cancer", LimitSettings())
     value, headers = converter.convert(orjson.dumps({"id": "ev-7", "features": list(range(30))})) or (b"", ())
-    event = decode(raw(value, headers=tuple(headers)), ctx)
+    event = decode(raw_record(value, headers=tuple(headers)), ctx)
     assert isinstance(event, Event)
     out, out_headers = BinaryPredictions("1", {"probabilities": np.zeros((1, 2), np.float32)}).encode(
         event, 0, {}

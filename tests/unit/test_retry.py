@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import InferenceFailed, TritonUnavailable
+from engine.errors import BackendUnavailable, InferenceFailed
 from engine.retry import CircuitBreaker, CircuitState, Retrier
 from engine.settings import RetrySettings
-from tests.unit.fakes import ManualClock
+from engine.testing import ManualClock
 
 SETTINGS = RetrySettings(initial_backoff_s=0.1, max_backoff_s=1.0, failure_threshold=2, reset_timeout_s=0.5)
 
@@ -42,7 +42,7 @@ async def test_retrier_retries_retryable_errors_until_success() -> None:
     async def flaky() -> str:
         attempts.append(clock.now())
         if len(attempts) < 5:
-            raise TritonUnavailable("UNAVAILABLE")
+            raise BackendUnavailable("UNAVAILABLE")
         return "ok"
 
     retried: list[Exception] = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping
 
 import numpy as np
 import orjson
@@ -15,9 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from engine.contract.context import DecodeContext
 from engine.contract.decode import decode
-from engine.errors import ConfigError, InferenceFailed, Reason
-from engine.pipeline import Pipeline, PipelineParts
-from engine.records import Completion, DeadLetter, Event, InferenceResult
+from engine.errors import ConfigError, Reason
+from engine.pipeline import Pipeline
+from engine.ports import PipelineParts
+from engine.records import Completion, DeadLetter, Event
 from engine.retry import CircuitBreaker, Retrier
 from engine.routing import Route, Router, bucket, input_topics
 from engine.settings import (
@@ -28,10 +28,10 @@ from engine.settings import (
     Settings,
     TopicSettings,
 )
+from engine.testing import InstantClock, RecordingSink, ScriptedBackend, model_spec, raw_record
 from models.hooks import ModelObserver, ServedVersions
 from models.shadow import ShadowRunner
 from observability.metrics import create_metrics, create_model_metrics
-from tests.unit.fakes import FakeBackend, FakeSink, raw, spec
 
 AB = {
     "experiments": {
@@ -96,9 +96,11 @@ def test_invalid_experiments_are_refused(experiments: dict) -> None:
         router(experiments=experiments)
 
 
-def test_problems_name_targets_triton_does_not_serve() -> None:
+def test_problems_name_targets_the_backend_does_not_serve() -> None:
     r = router(**AB, shadows={"m": [{"model": "ghost"}]})
-    assert r.problems({"m": object()}) == ["routing names model 'ghost', which Triton does not serve"]
+    assert r.problems({"m": object()}) == [
+        "routing names model 'ghost', which the inference backend does not serve"
+    ]
 
 
 def test_workers_consume_the_events_topic_and_routed_topics() -> None:
@@ -107,75 +109,52 @@ def test_workers_consume_the_events_topic_and_routed_topics() -> None:
 
 
 def test_decode_applies_the_route_to_the_event() -> None:
-    ctx = DecodeContext({"m": spec("m", 3)}, "m", LimitSettings(), router=router(**AB))
-    event = decode(raw(orjson.dumps({"id": "e1", "features": [1, 2, 3]}), key=b"user-7"), ctx)
+    ctx = DecodeContext({"m": model_spec("m", 3)}, "m", LimitSettings(), router=router(**AB))
+    event = decode(raw_record(orjson.dumps({"id": "e1", "features": [1, 2, 3]}), key=b"user-7"), ctx)
     assert isinstance(event, Event)
     expected = router(**AB).route("events", None, b"user-7")
     assert (event.model, event.version, event.arm) == (expected.model, expected.version, expected.arm)
 
 
 def test_keyless_events_are_bucketed_by_id() -> None:
-    ctx = DecodeContext({"m": spec("m", 3)}, "m", LimitSettings(), router=router(**AB))
-    event = decode(raw(orjson.dumps({"id": "e1", "features": [1, 2, 3]}), key=None), ctx)
+    ctx = DecodeContext({"m": model_spec("m", 3)}, "m", LimitSettings(), router=router(**AB))
+    event = decode(raw_record(orjson.dumps({"id": "e1", "features": [1, 2, 3]}), key=None), ctx)
     assert isinstance(event, Event) and event.arm == router(**AB).route("events", "m", b"e1").arm
 
 
 def test_a_route_to_a_model_not_served_is_dead_lettered() -> None:
     ctx = DecodeContext(
-        {"m": spec("m", 3)}, "m", LimitSettings(), router=router(topic_models={"events": "x"})
+        {"m": model_spec("m", 3)}, "m", LimitSettings(), router=router(topic_models={"events": "x"})
     )
-    letter = decode(raw(orjson.dumps({"id": "e1", "features": [1, 2, 3]})), ctx)
+    letter = decode(raw_record(orjson.dumps({"id": "e1", "features": [1, 2, 3]})), ctx)
     assert isinstance(letter, DeadLetter) and letter.reason is Reason.UNKNOWN_MODEL
 
 
 # --- the pipeline with routing, hooks and shadows -----------------------------------
 
 
-class _Clock:
-    def now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    def call_later(self, delay, callback):  # type: ignore[no-untyped-def]
-        return asyncio.get_running_loop().call_later(delay, callback)
-
-    async def sleep(self, delay: float) -> None:
-        await asyncio.sleep(0)
+def versioned(broken: frozenset[str] = frozenset()) -> ScriptedBackend:
+    """A backend answering as version 2 when no version is pinned; ``broken`` models fail."""
+    return ScriptedBackend(
+        models={"m": model_spec("m", 3, 64), "s": model_spec("s", 3, 64)}, version="2", broken=broken
+    )
 
 
-class VersionedBackend(FakeBackend):
-    """Records the version asked for; answers as version 2 when none is pinned."""
-
-    def __init__(self, fail_models: frozenset[str] = frozenset()) -> None:
-        super().__init__()
-        self.versions: list[tuple[str, str, int]] = []
-        self.fail_models = fail_models
-
-    async def infer(
-        self,
-        model: str,
-        inputs: Mapping[str, np.ndarray],
-        *,
-        headers: Mapping[str, str] | None = None,
-        version: str = "",
-    ) -> InferenceResult:
-        self.versions.append((model, version, len(inputs["features"])))
-        if model in self.fail_models:
-            raise InferenceFailed("shadow model is broken")
-        result = await super().infer(model, inputs, headers=headers, version=version or "2")
-        return InferenceResult(model, result.model_version, result.outputs)
-
-
-def pipeline(backend: FakeBackend, sink: FakeSink, routing: dict, shadow_sink: FakeSink | None = None):  # type: ignore[no-untyped-def]
+def pipeline(
+    backend: ScriptedBackend, sink: RecordingSink, routing: dict, shadow_sink: RecordingSink | None = None
+):  # type: ignore[no-untyped-def]
     registry = CollectorRegistry()
     metrics, model_metrics = create_metrics(registry), create_model_metrics(registry)
     r = router(**routing)
     observer = ModelObserver(model_metrics, ServedVersions(metrics.model_version))
     if shadow_sink is not None:
         observer.shadow = ShadowRunner(r, backend, shadow_sink, "shadow", model_metrics, max_in_flight=1)
-    clock = _Clock()
+    clock = InstantClock()
     retry = RetrySettings(initial_backoff_s=0.001, failure_threshold=100)
     parts = PipelineParts(
-        decode_ctx=DecodeContext({"m": spec("m", 3, 64), "s": spec("s", 3, 64)}, "m", LimitSettings(), r),
+        decode_ctx=DecodeContext(
+            {"m": model_spec("m", 3, 64), "s": model_spec("s", 3, 64)}, "m", LimitSettings(), r
+        ),
         backend=backend,
         retrier=Retrier(retry, clock, CircuitBreaker(retry, clock)),
         sink=sink,
@@ -190,7 +169,7 @@ def pipeline(backend: FakeBackend, sink: FakeSink, routing: dict, shadow_sink: F
 def chunk(n: int, acked: list[int]) -> list:
     done = Completion(n, lambda: acked.append(n))
     return [
-        raw(
+        raw_record(
             orjson.dumps({"id": f"e{i}", "features": [i, 1, 0]}),
             offset=i,
             key=f"k{i}".encode(),
@@ -201,7 +180,7 @@ def chunk(n: int, acked: list[int]) -> list:
 
 
 async def test_ab_arms_are_sent_pinned_and_recorded_on_output_and_metrics() -> None:
-    backend, sink = VersionedBackend(), FakeSink()
+    backend, sink = versioned(), RecordingSink()
     p, registry = pipeline(backend, sink, AB)
     await p.start()
     acked: list[int] = []
@@ -212,7 +191,7 @@ async def test_ab_arms_are_sent_pinned_and_recorded_on_output_and_metrics() -> N
     for doc in docs:
         assert doc["model_version"] == {"control": "1", "treatment": "2"}[doc["arm"]]
         assert doc["arm"] == router(**AB).route("in", "m", doc["id"].replace("e", "k").encode()).arm
-    assert {(m, v) for m, v, _ in backend.versions} == {("m", "1"), ("m", "2")}
+    assert {(c.model, c.version) for c in backend.calls} == {("m", "1"), ("m", "2")}
     for arm, version in (("control", "1"), ("treatment", "2")):
         n = registry.get_sample_value(
             "sie_ab_predictions_total", {"model": "m", "version": version, "arm": arm}
@@ -222,8 +201,8 @@ async def test_ab_arms_are_sent_pinned_and_recorded_on_output_and_metrics() -> N
 
 
 async def test_outputs_without_an_experiment_have_no_arm() -> None:
-    sink = FakeSink()
-    p, _ = pipeline(VersionedBackend(), sink, {})
+    sink = RecordingSink()
+    p, _ = pipeline(versioned(), sink, {})
     await p.start()
     await p.submit(chunk(3, []))
     assert await p.drain(5)
@@ -232,7 +211,7 @@ async def test_outputs_without_an_experiment_have_no_arm() -> None:
 
 
 async def test_shadow_predictions_go_to_the_shadow_topic_only() -> None:
-    backend, sink, shadow_sink = VersionedBackend(), FakeSink(), FakeSink()
+    backend, sink, shadow_sink = versioned(), RecordingSink(), RecordingSink()
     p, registry = pipeline(backend, sink, {"shadows": {"m": [{"model": "s"}]}}, shadow_sink)
     await p.start()
     await p.submit(chunk(8, []))
@@ -248,7 +227,7 @@ async def test_shadow_predictions_go_to_the_shadow_topic_only() -> None:
 
 
 async def test_a_failing_shadow_never_affects_the_main_path() -> None:
-    backend, sink, shadow_sink = VersionedBackend(frozenset({"s"})), FakeSink(), FakeSink()
+    backend, sink, shadow_sink = versioned(frozenset({"s"})), RecordingSink(), RecordingSink()
     p, registry = pipeline(backend, sink, {"shadows": {"m": [{"model": "s"}]}}, shadow_sink)
     await p.start()
     acked: list[int] = []
@@ -264,7 +243,7 @@ async def test_a_failing_shadow_never_affects_the_main_path() -> None:
 
 
 async def test_a_stuck_shadow_is_dropped_not_waited_for() -> None:
-    backend, sink, shadow_sink = VersionedBackend(), FakeSink(), FakeSink()
+    backend, sink, shadow_sink = versioned(), RecordingSink(), RecordingSink()
     shadow_sink.hold = True  # shadow deliveries never complete
     p, registry = pipeline(backend, sink, {"shadows": {"m": [{"model": "s"}]}}, shadow_sink)
     p._parts.models.shadow._max_undelivered = 8  # type: ignore[attr-defined]

@@ -6,12 +6,12 @@ import numpy as np
 
 from engine.batcher import MicroBatcher
 from engine.records import Batch, Event
-from tests.unit.fakes import ManualClock, raw
+from engine.testing import ManualClock, raw_record
 
 
 def _event(i: int, length: int, model: str = "seq") -> Event:
     inputs = {"sequence": np.full(length, i, np.float32)}
-    return Event(id=str(i), model=model, inputs=inputs, record=raw(b"", i))
+    return Event(id=str(i), model=model, inputs=inputs, record=raw_record(b"", i))
 
 
 def _batcher(
@@ -50,7 +50,11 @@ def test_pinned_versions_and_lengths_both_split_batches() -> None:
     b, _, out = _batcher(max_size=10)
     events = [_event(0, 2), _event(1, 2), _event(2, 3)]
     pinned = Event(
-        id="3", model="seq", inputs={"sequence": np.zeros(2, np.float32)}, record=raw(b"", 3), version="2"
+        id="3",
+        model="seq",
+        inputs={"sequence": np.zeros(2, np.float32)},
+        record=raw_record(b"", 3),
+        version="2",
     )
     b.add_all([*events, pinned])
     b.flush_all()

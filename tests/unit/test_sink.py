@@ -21,13 +21,14 @@ from prometheus_client import CollectorRegistry
 
 import streams.producer as producer_module
 from engine.contract.context import DecodeContext
-from engine.pipeline import Pipeline, PipelineParts
+from engine.pipeline import Pipeline
+from engine.ports import PipelineParts
 from engine.records import Completion, OutRecord
 from engine.retry import CircuitBreaker, Retrier
 from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
+from engine.testing import ScriptedBackend, model_spec, raw_record
 from observability.metrics import create_metrics
 from streams.sink import KafkaSink
-from tests.unit.fakes import FakeBackend, raw, spec
 
 TOPICS = TopicSettings(events="in", predictions="out", dlq="dlq")
 PAUSE_S = 0.01
@@ -142,8 +143,8 @@ def _pipeline(sink: KafkaSink) -> Pipeline:
     retry = RetrySettings()
     loop_clock = _LoopClock()
     parts = PipelineParts(
-        decode_ctx=DecodeContext({"m": spec("m", 3, max_batch=64)}, "m", LimitSettings()),
-        backend=FakeBackend(),
+        decode_ctx=DecodeContext({"m": model_spec("m", 3, max_batch=64)}, "m", LimitSettings()),
+        backend=ScriptedBackend(),
         retrier=Retrier(retry, loop_clock, CircuitBreaker(retry, loop_clock)),
         sink=sink,
         topics=TOPICS,
@@ -176,9 +177,13 @@ async def test_chunk_with_an_undeliverable_dead_letter_is_never_acknowledged(
     first = Completion(3, lambda: acked.append("first"))
     later = Completion(2, lambda: acked.append("later"))
     good = [orjson.dumps({"id": f"e{i}", "features": [i, 1, 0]}) for i in range(4)]
-    await pipeline.submit([raw(good[0], 0, completion=first), raw(b"{bad", 1, completion=first)])
-    await pipeline.submit([raw(good[1], 2, completion=first)])
-    await pipeline.submit([raw(good[2], 3, completion=later), raw(good[3], 4, completion=later)])
+    await pipeline.submit(
+        [raw_record(good[0], 0, completion=first), raw_record(b"{bad", 1, completion=first)]
+    )
+    await pipeline.submit([raw_record(good[1], 2, completion=first)])
+    await pipeline.submit(
+        [raw_record(good[2], 3, completion=later), raw_record(good[3], 4, completion=later)]
+    )
 
     await _eventually(lambda: len([t for t, _ in fake.delivered if t == "out"]) == 4)
     await _eventually(lambda: fake.attempts["dlq"] >= 5)

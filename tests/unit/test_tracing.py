@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -21,10 +19,12 @@ from prometheus_client import CollectorRegistry
 
 from engine.contract.context import DecodeContext
 from engine.errors import InferenceFailed
-from engine.pipeline import Pipeline, PipelineParts
-from engine.records import Completion, Headers, InferenceResult, OutRecord, RawRecord
+from engine.pipeline import Pipeline
+from engine.ports import PipelineParts
+from engine.records import Completion, Headers, OutRecord, RawRecord
 from engine.retry import CircuitBreaker, Retrier
 from engine.settings import BatchSettings, LimitSettings, RetrySettings, TopicSettings
+from engine.testing import ManualClock, RecordingSink, ScriptedBackend, model_spec, raw_record
 from observability.metrics import create_metrics
 from observability.tracing import (
     DroppedTraceHeaders,
@@ -35,7 +35,6 @@ from observability.tracing import (
     otlp_traces_url,
     sampled_flag,
 )
-from tests.unit.fakes import FakeBackend, FakeSink, ManualClock, raw, spec
 
 TOPICS = TopicSettings(events="in", predictions="out", dlq="dlq")
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
@@ -44,25 +43,6 @@ PARENT_ID = 0xB7AD6B7169203331
 
 def traceparent(trace_id: int = TRACE_ID, span_id: int = PARENT_ID) -> bytes:
     return f"00-{trace_id:032x}-{span_id:016x}-01".encode()
-
-
-class HeaderBackend(FakeBackend):
-    """A fake backend that remembers the headers of each request."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.headers: list[Mapping[str, str] | None] = []
-
-    async def infer(
-        self,
-        model: str,
-        inputs: Mapping[str, np.ndarray],
-        *,
-        headers: Mapping[str, str] | None = None,
-        **kwargs: Any,
-    ) -> InferenceResult:
-        self.headers.append(headers)
-        return await super().infer(model, inputs, headers=headers, **kwargs)
 
 
 @pytest.fixture
@@ -77,11 +57,13 @@ def tracing(exporter: InMemorySpanExporter) -> OtelTracing:
     return OtelTracing(provider.get_tracer("test"))
 
 
-def _pipeline(backend: FakeBackend, sink: FakeSink, tracing: OtelTracing, max_size: int = 8) -> Pipeline:
+def _pipeline(
+    backend: ScriptedBackend, sink: RecordingSink, tracing: OtelTracing, max_size: int = 8
+) -> Pipeline:
     clock = ManualClock()
     retry = RetrySettings()
     parts = PipelineParts(
-        decode_ctx=DecodeContext({"m": spec("m", 3, max_batch=64)}, "m", LimitSettings()),
+        decode_ctx=DecodeContext({"m": model_spec("m", 3, max_batch=64)}, "m", LimitSettings()),
         backend=backend,
         retrier=Retrier(retry, clock, CircuitBreaker(retry, clock)),
         sink=sink,
@@ -96,7 +78,7 @@ def _pipeline(backend: FakeBackend, sink: FakeSink, tracing: OtelTracing, max_si
 def _records(n: int, headers: Sequence[Headers], bad: frozenset[int] = frozenset()) -> list[RawRecord]:
     done = Completion(n, lambda: None)
     return [
-        raw(
+        raw_record(
             b"{oops" if i in bad else orjson.dumps({"id": f"e{i}", "features": [i, 1, 0]}),
             offset=i,
             completion=done,
@@ -133,7 +115,8 @@ async def test_event_span_is_child_of_incoming_traceparent(
     exporter: InMemorySpanExporter, tracing: OtelTracing
 ) -> None:
     await _run(
-        _pipeline(HeaderBackend(), FakeSink(), tracing), _records(1, [(("traceparent", traceparent()),)])
+        _pipeline(ScriptedBackend(), RecordingSink(), tracing),
+        _records(1, [(("traceparent", traceparent()),)]),
     )
     (event,) = _by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
     assert event.parent is not None and event.parent.is_remote
@@ -145,7 +128,7 @@ async def test_event_span_is_child_of_incoming_traceparent(
 async def test_event_without_traceparent_starts_a_new_trace(
     exporter: InMemorySpanExporter, tracing: OtelTracing
 ) -> None:
-    await _run(_pipeline(HeaderBackend(), FakeSink(), tracing), _records(2, [(), (("other", b"x"),)]))
+    await _run(_pipeline(ScriptedBackend(), RecordingSink(), tracing), _records(2, [(), (("other", b"x"),)]))
     events = _by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
     assert len(events) == 2
     assert all(e.parent is None for e in events)
@@ -156,7 +139,7 @@ async def test_batch_span_is_child_of_first_event_and_links_every_event_span(
     exporter: InMemorySpanExporter, tracing: OtelTracing
 ) -> None:
     headers = [(("traceparent", traceparent(TRACE_ID + i, PARENT_ID + i)),) for i in range(3)]
-    await _run(_pipeline(HeaderBackend(), FakeSink(), tracing, max_size=3), _records(3, headers))
+    await _run(_pipeline(ScriptedBackend(), RecordingSink(), tracing, max_size=3), _records(3, headers))
     spans = exporter.get_finished_spans()
     events = sorted(_by_kind(spans, SpanKind.CONSUMER), key=lambda s: s.context.trace_id)
     (batch,) = _by_kind(spans, SpanKind.CLIENT)
@@ -169,18 +152,20 @@ async def test_batch_span_is_child_of_first_event_and_links_every_event_span(
 async def test_triton_request_headers_carry_the_batch_span_context(
     exporter: InMemorySpanExporter, tracing: OtelTracing
 ) -> None:
-    backend = HeaderBackend()
-    await _run(_pipeline(backend, FakeSink(), tracing), _records(2, [(("traceparent", traceparent()),)] * 2))
+    backend = ScriptedBackend()
+    await _run(
+        _pipeline(backend, RecordingSink(), tracing), _records(2, [(("traceparent", traceparent()),)] * 2)
+    )
     (batch,) = _by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)
-    assert backend.headers == [{"traceparent": _traceparent_of(batch)}]
+    assert [c.headers for c in backend.calls] == [{"traceparent": _traceparent_of(batch)}]
 
 
 async def test_prediction_headers_carry_the_event_span_context(
     exporter: InMemorySpanExporter, tracing: OtelTracing
 ) -> None:
-    sink = FakeSink()
+    sink = RecordingSink()
     headers = (("traceparent", traceparent()), ("tracestate", b"vendor=1"), ("other", b"x"))
-    await _run(_pipeline(HeaderBackend(), sink, tracing), _records(1, [headers]))
+    await _run(_pipeline(ScriptedBackend(), sink, tracing), _records(1, [headers]))
     (event,) = _by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
     (out,) = sink.on("out")
     assert _header(out, "traceparent") == _traceparent_of(event)
@@ -191,9 +176,9 @@ async def test_prediction_headers_carry_the_event_span_context(
 async def test_dead_letter_span_ends_with_its_reason_and_dlq_headers_carry_its_context(
     exporter: InMemorySpanExporter, tracing: OtelTracing
 ) -> None:
-    sink = FakeSink()
+    sink = RecordingSink()
     headers = [(("traceparent", traceparent(TRACE_ID + i)), ("other", b"x")) for i in range(2)]
-    await _run(_pipeline(HeaderBackend(), sink, tracing), _records(2, headers, bad=frozenset({1})))
+    await _run(_pipeline(ScriptedBackend(), sink, tracing), _records(2, headers, bad=frozenset({1})))
     events = {s.context.trace_id: s for s in _by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)}
     bad = events[TRACE_ID + 1]
     assert bad.status.status_code is StatusCode.ERROR
@@ -207,9 +192,9 @@ async def test_dead_letter_span_ends_with_its_reason_and_dlq_headers_carry_its_c
 async def test_event_span_ends_only_when_the_broker_acknowledges_the_prediction(
     exporter: InMemorySpanExporter, tracing: OtelTracing
 ) -> None:
-    sink = FakeSink()
+    sink = RecordingSink()
     sink.hold = True
-    pipeline = _pipeline(HeaderBackend(), sink, tracing, max_size=2)
+    pipeline = _pipeline(ScriptedBackend(), sink, tracing, max_size=2)
     await pipeline.start()
     await pipeline.submit(_records(2, [(("traceparent", traceparent()),)] * 2))  # a full batch
     for _ in range(50):
@@ -228,9 +213,9 @@ async def test_event_span_ends_only_when_the_broker_acknowledges_the_prediction(
 async def test_fatal_triton_error_marks_batch_span_and_ends_event_spans_as_dead_letters(
     exporter: InMemorySpanExporter, tracing: OtelTracing
 ) -> None:
-    backend = HeaderBackend()
-    backend.errors.append(InferenceFailed("INVALID_ARGUMENT: boom"))
-    sink = FakeSink()
+    backend = ScriptedBackend()
+    backend.fail_next(InferenceFailed("INVALID_ARGUMENT: boom"))
+    sink = RecordingSink()
     await _run(_pipeline(backend, sink, tracing), _records(2, [(("traceparent", traceparent()),)] * 2))
     spans = exporter.get_finished_spans()
     (batch,) = _by_kind(spans, SpanKind.CLIENT)
@@ -286,8 +271,8 @@ async def test_invalid_trace_headers_reach_the_log_escaped_and_bounded(
     headers: Headers,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    sink = FakeSink()
-    await _run(_pipeline(HeaderBackend(), sink, tracing), _records(1, [headers]))
+    sink = RecordingSink()
+    await _run(_pipeline(ScriptedBackend(), sink, tracing), _records(1, [headers]))
     _assert_safe(_log_lines(caplog))
     (out,) = sink.on("out") + sink.on("dlq")  # a dead letter when the headers are over their limit
     assert [k for k, _ in out.headers if k == "tracestate"] == []  # the invalid state is not passed on
@@ -386,11 +371,11 @@ def unsampled(trace_id: int = TRACE_ID, span_id: int = PARENT_ID) -> bytes:
 async def test_an_unsampled_traceparent_gets_no_span_and_its_prediction_keeps_the_producers_headers(
     exporter: InMemorySpanExporter,
 ) -> None:
-    sink, backend = FakeSink(), HeaderBackend()
+    sink, backend = RecordingSink(), ScriptedBackend()
     tracing = _sampled_tracing(exporter, 1.0, [])
     await _run(_pipeline(backend, sink, tracing), _records(2, [(("traceparent", unsampled()),)] * 2))
     assert exporter.get_finished_spans() == ()
-    assert backend.headers == [None]  # Triton is not asked to trace either
+    assert [c.headers for c in backend.calls] == [None]  # Triton is not asked to trace either
     assert [_header(out, "traceparent") for out in sink.on("out")] == [unsampled().decode()] * 2
     assert tracing.open_spans == 0
 
@@ -398,7 +383,8 @@ async def test_an_unsampled_traceparent_gets_no_span_and_its_prediction_keeps_th
 async def test_a_sampled_traceparent_is_traced_whatever_the_ratio(exporter: InMemorySpanExporter) -> None:
     tracing = _sampled_tracing(exporter, 0.0, [])
     await _run(
-        _pipeline(HeaderBackend(), FakeSink(), tracing), _records(1, [(("traceparent", traceparent()),)])
+        _pipeline(ScriptedBackend(), RecordingSink(), tracing),
+        _records(1, [(("traceparent", traceparent()),)]),
     )
     (event,) = _by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
     assert event.context.trace_id == TRACE_ID
@@ -408,8 +394,8 @@ async def test_events_without_traceparent_are_sampled_at_the_configured_ratio(
     exporter: InMemorySpanExporter,
 ) -> None:
     tracing = _sampled_tracing(exporter, 0.25, [0.1, 0.9, 0.3, 0.2])  # draws below 0.25 are sampled
-    sink = FakeSink()
-    await _run(_pipeline(HeaderBackend(), sink, tracing), _records(4, [()] * 4))
+    sink = RecordingSink()
+    await _run(_pipeline(ScriptedBackend(), sink, tracing), _records(4, [()] * 4))
     events = _by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
     assert sorted(e.attributes["messaging.kafka.message.offset"] for e in events) == [0, 3]  # type: ignore[index]
     traced = [out for out in sink.on("out") if any(k == "traceparent" for k, _ in out.headers)]

@@ -15,10 +15,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import ops.worker as worker_module
-from engine.health import FAILED_EXIT_CODE, Liveness, ProcessStopper, with_liveness
+from engine.health import FAILED_EXIT_CODE, Liveness
 from engine.settings import Settings
-from observability.server import make_app
-from tests.unit.poison_support import MODELS, ScriptedBackend
+from engine.testing import ScriptedBackend
+from observability.server import make_app, with_liveness
+from ops.process_stop import ProcessStopper
+from tests.unit.poison_support import MODELS
 
 
 def _healthz(liveness: Liveness, path: str = "/healthz") -> tuple[int, dict[str, Any]]:
@@ -86,10 +88,7 @@ def test_stopping_a_failed_worker_sends_sigterm_then_exits_hard_if_the_stop_hang
 
 class _FakeTriton(ScriptedBackend):
     def __init__(self, settings: Any) -> None:
-        super().__init__()
-
-    async def model_versions(self) -> dict[str, list[str]]:
-        return {name: ["1"] for name in MODELS}
+        super().__init__(models=MODELS)
 
 
 class _RecordingSink:
