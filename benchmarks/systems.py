@@ -30,6 +30,7 @@ class SystemSpec:
     slo_ms: float = SLO_MS  # the adaptive controller's p99 target
     quick: bool = True  # part of --quick runs
     event_format: str = "json"  # of the events it is offered: json | binary (engine/contract/binary_input.py)
+    exactly_once: bool = False  # SIE_KAFKA__PROCESSING_GUARANTEE=exactly_once (docs/exactly-once.md)
 
 
 SYSTEMS = (
@@ -94,8 +95,9 @@ def metric_totals(urls: Sequence[str], timeout: float = 2.0) -> dict[str, float]
 
 def fresh_settings(base: Settings, spec: SystemSpec, work_dir: Path) -> Settings:
     """``base`` with fresh topics and group for ``spec``; creates the topics."""
-    adaptive = "a" if spec.adaptive else ""
+    adaptive = ("a" if spec.adaptive else "") + ("x" if spec.exactly_once else "")
     tag = f"{spec.kind}{spec.workers}{adaptive}{spec.event_format[0]}-{uuid.uuid4().hex[:6]}"
+    guarantee = "exactly_once" if spec.exactly_once else base.kafka.processing_guarantee
     settings = base.model_copy(
         update={
             "topics": base.topics.model_copy(
@@ -105,7 +107,9 @@ def fresh_settings(base: Settings, spec: SystemSpec, work_dir: Path) -> Settings
                     "dlq": f"bench-{tag}.dlq",
                 }
             ),
-            "kafka": base.kafka.model_copy(update={"group_id": f"bench-{tag}"}),
+            "kafka": base.kafka.model_copy(
+                update={"group_id": f"bench-{tag}", "processing_guarantee": guarantee}
+            ),
             "triton": base.triton.model_copy(update={"identity": spec.kind == "passthrough"}),
             "batch": base.batch.model_copy(
                 update={"adaptive": spec.adaptive, "slo_ms": spec.slo_ms}

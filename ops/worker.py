@@ -197,7 +197,7 @@ class Worker:
             transactional=True,
             on_transaction_error=exactly_once.output_failed,
         )
-        await exactly_once.attach(TransactionalProducer(sink.producer), sink)
+        await exactly_once.attach(TransactionalProducer(sink.renew_producer, producer=sink.producer), sink)
         return sink
 
     def _shadow_sink(self, sink: KafkaSink) -> Callable[[], Sink]:

@@ -35,7 +35,12 @@ from confluent_kafka import KafkaError
 
 from engine.positions import Positions
 from streams.group_consumer import TPKey
-from streams.transactions import TransactionAborted, TransactionalProducer, TransactionFenced
+from streams.transactions import (
+    TransactionAborted,
+    TransactionalProducer,
+    TransactionFenced,
+    TransactionStuck,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +155,7 @@ class ExactlyOnce:
             try:
                 return await self._cycle(idle_timeout)
             finally:
-                if not self._recovering():
+                if not self._recovering() and not self._fenced:
                     self._open.set()
 
     async def _cycle(self, idle_timeout: float | None) -> bool:
@@ -172,7 +177,7 @@ class ExactlyOnce:
             await self._txn.commit(offsets, group.group_metadata() if group is not None and offsets else None)
         except TransactionAborted as err:
             log.warning("exactly-once: %s", err)
-            await self._abort("commit_failed")
+            await self._abort("commit_stuck" if isinstance(err, TransactionStuck) else "commit_failed")
             return False
         except TransactionFenced as err:
             self._fence(str(err))

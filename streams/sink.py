@@ -139,7 +139,9 @@ class KafkaSink:
         }
         conf.update(config)
         conf["error_cb"] = self._on_client_error
+        self._conf = conf
         self._producer = new_producer(conf)
+        self._pending: set[_Delivery] = set()  # exactly-once: calls not yet answered
         self._loop = loop or asyncio.get_running_loop()
         self._retry_pause_s = retry_pause_s
         self._permanent_retries = permanent_retries
@@ -167,6 +169,8 @@ class KafkaSink:
             future.set_result(None)
             return future
         delivery = _Delivery(self, future, len(records))
+        if self.transactional:
+            self._pending.add(delivery)
         await self._produce_all(records, delivery)
         return future
 
@@ -206,6 +210,8 @@ class KafkaSink:
     def finished(self, delivery: _Delivery) -> None:
         """Called from ``poll`` (loop or flush thread) when a ``send`` call's records all have an answer."""
         self._last_answer = now = time.monotonic()
+        if self.transactional:
+            self._pending.discard(delivery)
         if not delivery.failed:
             if self._down_since is not None:
                 down, self._down_since = now - self._down_since, None
@@ -238,6 +244,18 @@ class KafkaSink:
     def producer(self) -> Any:
         """The confluent-kafka producer (exactly-once: its transactions are begun and committed by
         :mod:`streams.exactly_once`)."""
+        return self._producer
+
+    def renew_producer(self) -> Any:
+        """Exactly-once: a new producer on the same configuration in place of one stuck in a
+        transaction call. What waited on the old one belongs to the transaction the new one
+        aborts: those calls are resolved (discarded, as after any abort)."""
+        self.discarding = True
+        self._producer = new_producer(self._conf)
+        pending, self._pending = self._pending, set()
+        for delivery in pending:
+            self._loop.call_soon(_resolve, delivery.future)
+        self._outstanding = 0
         return self._producer
 
     @property
