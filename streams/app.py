@@ -20,8 +20,8 @@ from typing import Any, Protocol, cast
 from engine.records import Completion, RawRecord, SourceRef
 from engine.routing import input_topics
 from engine.settings import Settings
+from streams.consumer_types import Batch, TPKey
 from streams.driver import BatchHandler, Completer, EngineApp, EngineConsumer
-from streams.group_consumer import Batch, TPKey
 
 log = logging.getLogger(__name__)
 

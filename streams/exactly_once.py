@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError
 
 from engine.positions import Positions
-from streams.group_consumer import TPKey
+from streams.consumer_types import TPKey
 from streams.transactions import (
     TransactionAborted,
     TransactionalProducer,

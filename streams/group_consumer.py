@@ -11,30 +11,22 @@ at low rates that is pure latency. The thread takes what is already fetched with
 ``consume(n, 0)`` and, when there is nothing, waits in ``poll(timeout)``, which returns as soon as
 one record arrives; the records right behind it are taken by the next ``consume(n, 0)``.
 
-**Backpressure.** While ``max_buffered`` records wait for the loop, the thread stops taking
-records and waits for the loop to take them (librdkafka's own prefetch is bounded by
-``queued.max.messages.kbytes``). If the buffer stays full for ``PAUSE_AFTER_S`` (Triton down, a
-slow model), it pauses its partitions and goes on polling, so rebalances are served meanwhile;
-it resumes them once the loop has taken half. Pausing at every full buffer cost a third of the
-drain rate: librdkafka drops what it prefetched on a pause and fetches it again on resume.
+**Backpressure.** While ``max_buffered`` records wait for the loop (streams/fetch_buffer.py),
+the thread waits for the loop to take them. If the buffer stays full for ``PAUSE_AFTER_S`` (Triton
+down, a slow model), it pauses its partitions and goes on polling, so rebalances are served; it
+resumes them once the loop has taken half. (Pausing at every full buffer cost a third of the drain
+rate: librdkafka drops what it prefetched on a pause and fetches it again on resume.)
 
-**Committed positions** (see ``shared/notes/broker-freeze.md`` for why each rule is there):
+**Committed positions** (``shared/notes/broker-freeze.md`` says why each rule is there):
 
-* An assignment never lets librdkafka look up committed offsets by itself: an OffsetFetch
-  answered with a request-level error (NOT_COORDINATOR after a broker freeze) would leave the
-  partition never fetched (librdkafka issue #5586). The thread asks with ``committed()``, retries
-  an error until the coordinator answers, and assigns explicit offsets; "nothing committed" is
-  only ever a per-partition answer, and then reading starts at ``auto.offset.reset``.
+* An assignment starts at explicit offsets the thread asked the coordinator for
+  (streams/start_offsets.py), never letting librdkafka look them up itself (issue #5586).
 * A revoke stops handing out the partitions' records, waits for those in flight, commits their
   acknowledged positions synchronously and only then releases them.
 * A commit counts only once librdkafka reports it succeeded for that partition.
-* A rewind (exactly-once, after an aborted transaction: :mod:`streams.exactly_once`) seeks
-  partitions back to their committed positions and drops what was fetched for them before; each
-  partition's *generation* counts its rewinds, so records fetched before one are recognised
-  (:meth:`GroupConsumer.is_current`) and never handed out.
-* A watchdog finds an assigned, unpaused partition whose position has not moved for
-  ``stall_after_s`` while the broker holds records past it, and restarts its fetch at the
-  position (``on_stall`` is told).
+* A rewind (exactly-once, after an aborted transaction) seeks partitions back to their committed
+  positions; records fetched before it are never handed out (:meth:`GroupConsumer.is_current`).
+* A watchdog restarts the fetch of a stalled partition (streams/stall_watchdog.py).
 """
 
 from __future__ import annotations
@@ -45,23 +37,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
-from engine.backoff import next_delay
+from streams.consumer_types import Batch, RebalanceListener, TPKey
+from streams.fetch_buffer import FetchBuffer, by_partition
+from streams.stall_watchdog import StallWatchdog
+from streams.start_offsets import start_offsets
 
 log = logging.getLogger(__name__)
 
-TPKey = tuple[str, int]  # (topic, partition)
-Batch = list[tuple[TPKey, list[Any]]]  # per partition, confluent Messages in offset order
 
 IDLE_POLL_S = 0.05  # longest a poll waits for a record (commands wait at most this long)
 PAUSE_AFTER_S = 1.0  # a buffer full this long pauses the partitions (see Backpressure)
 ROOM_WAIT_S = 0.01  # how long the thread waits for room at a time while the buffer is full
 WATCH_EVERY_S = 1.0
-ASSIGN_RETRY_MAX_S = 2.0
 CLOSE_TIMEOUT_S = 10.0
 # Lost every partition and not assigned again for this long: the client joins with a new consumer.
 REJOIN_AFTER_S = 30.0
@@ -69,28 +60,6 @@ REJOIN_AFTER_S = 30.0
 
 class _Rejoin(Exception):
     """Raised in the consumer thread to replace a client that does not join its group again."""
-
-
-class RebalanceListener(Protocol):
-    """What the event loop does when partitions come and go (coroutines run on the loop)."""
-
-    def assigned(self, starts: Mapping[TPKey, int]) -> Awaitable[None]:
-        """``starts``: the partitions added and the offset reading starts at."""
-
-    def revoking(self, tps: list[TPKey]) -> Awaitable[dict[TPKey, int]]:
-        """Stop handing out ``tps``, wait for their records in flight; the positions to commit."""
-
-    def revoked(self, tps: list[TPKey], committed: Mapping[TPKey, int]) -> Awaitable[None]:
-        """``tps`` are released (``committed``: what the broker confirmed for them)."""
-
-    def lost(self, tps: list[TPKey]) -> Awaitable[None]:
-        """``tps`` were taken away without a revoke (the session expired): nothing to commit."""
-
-
-@dataclass
-class _Watch:
-    position: int = -1
-    since: float = field(default_factory=time.monotonic)
 
 
 class GroupConsumer:
@@ -122,30 +91,21 @@ class GroupConsumer:
         self._max_buffered = max_buffered
         self._batch_max = batch_max
         self._revoke_timeout_s = revoke_timeout_s
-        self._stall_after_s = stall_after_s
         self._on_commit = on_commit
         self._on_stall = on_stall
         self._on_failure = on_failure
         self._rejoin_after_s = rejoin_after_s
         self._new_consumer = new_consumer
         self._lost_at: float | None = None  # when the last partition was lost (no revoke)
-        self._lock = threading.Lock()
-        self._buffer: deque[tuple[Batch, dict[TPKey, int]]] = deque()  # with the generations then
-        self._generation: dict[TPKey, int] = {}  # rewinds per partition: replaced whole, never changed
-        self._taken: dict[TPKey, int] = {}  # the generations of the last batch taken
+        self._fetched = FetchBuffer(loop, max_buffered)
         self._metadata: Any = None  # the consumer's group metadata, refreshed by the thread
-        self._buffered = 0
-        self._arrived = asyncio.Event()
-        self._wake_pending = False
         self._commands: deque[Callable[[Consumer], None]] = deque()
         self._closing = threading.Event()
         self._closed: asyncio.Future[None] = loop.create_future()
         self._assignment: frozenset[TPKey] = frozenset()  # replaced, never changed: read by the loop
         self._paused = False
         self._full_since: float | None = None
-        self._room = threading.Event()  # set by the loop when it takes the buffer
-        self._watch: dict[TPKey, _Watch] = {}
-        self._high: dict[TPKey, int] = {}
+        self._watchdog = StallWatchdog(stall_after_s)
         self._thread = threading.Thread(target=self._run, name="kafka-consumer", daemon=True)
 
     # -- the event loop's side -------------------------------------------------------------
@@ -160,33 +120,15 @@ class GroupConsumer:
 
     def high_watermarks(self) -> dict[TPKey, int]:
         """The last known end offset of each assigned partition (refreshed by the watchdog)."""
-        return dict(self._high)
+        return dict(self._watchdog.high)
 
     async def take(self) -> Batch:
         """Wait for fetched records and take them all (several polls' worth, in order)."""
-        while True:
-            with self._lock:
-                entries, self._buffer = self._buffer, deque()
-                self._taken = current = self._generation
-                batches = [b if g is current else _current_parts(b, g, current) for b, g in entries]
-                batches = [b for b in batches if b]
-                self._buffered = 0
-                # Under the lock, so the thread's next append sees it and wakes us: a wake-up
-                # scheduled for records taken already may still set the event; clearing it here,
-                # before every wait, keeps that stale wake-up from turning the wait into a spin.
-                self._wake_pending = False
-                self._arrived.clear()
-            if batches:
-                self._room.set()
-                break
-            await self._arrived.wait()
-        if len(batches) == 1:
-            return batches[0]
-        return [part for batch in batches for part in batch]
+        return await self._fetched.take()
 
     def is_current(self, tp: TPKey) -> bool:
         """Whether the last batch taken holds records of ``tp`` fetched since its last rewind."""
-        return self._taken.get(tp, 0) == self._generation.get(tp, 0)
+        return self._fetched.is_current(tp)
 
     def group_metadata(self) -> Any:
         """The consumer's group metadata (generation, member id), for a transaction's offsets.
@@ -207,13 +149,8 @@ class GroupConsumer:
                 keys = {tp for tp in offsets if tp in self._assignment}
                 for key in keys:
                     self._seek(consumer, key, offsets[key])
-                    self._watch[key] = _Watch(offsets[key])
-                generation = dict(self._generation)
-                for key in keys:
-                    generation[key] = generation.get(key, 0) + 1
-                with self._lock:
-                    self._generation = generation
-                self._drop_buffered(keys)
+                    self._watchdog.start(key, offsets[key])
+                self._fetched.rewound(keys)
                 log.info("rewound %s", _describe({k: offsets[k] for k in keys}) or "nothing")
             finally:
                 self._loop.call_soon_threadsafe(_resolve, done)
@@ -289,7 +226,7 @@ class GroupConsumer:
             while self._commands:
                 self._command(consumer, self._commands.popleft())
             if not self._flow(consumer):
-                self._room.wait(ROOM_WAIT_S)  # full: wait for the loop to take the buffer
+                self._fetched.wait_for_room(ROOM_WAIT_S)  # full: wait for the loop to take the buffer
                 continue
             messages = consumer.consume(self._batch_max, 0)
             if not messages:
@@ -302,7 +239,7 @@ class GroupConsumer:
             if now >= next_watch:
                 next_watch = now + WATCH_EVERY_S
                 self._metadata = consumer.consumer_group_metadata()
-                self._watchdog(consumer, now)
+                self._watch(consumer, now)
 
     def _command(self, consumer: Consumer, command: Callable[[Consumer], None]) -> None:
         try:
@@ -313,48 +250,19 @@ class GroupConsumer:
                 self._loop.call_soon_threadsafe(self._on_commit, {}, err.args[0])
 
     def _accept(self, messages: list[Any]) -> None:
-        parts: dict[TPKey, list[Any]] = {}
-        for m in messages:
-            err = m.error()
-            if err is not None:
-                self._consumer_error(err)
-                continue
-            key = (m.topic(), m.partition())
-            part = parts.get(key)
-            if part is None:
-                parts[key] = [m]
-            else:
-                part.append(m)
-        batch = [(k, v) for k, v in parts.items() if k in self._assignment]
-        if not batch:
-            return
-        with self._lock:
-            self._buffer.append((batch, self._generation))
-            self._buffered += sum(len(v) for _, v in batch)
-            wake, self._wake_pending = not self._wake_pending, True
-        if wake:
-            self._loop.call_soon_threadsafe(self._arrived.set)
-
-    def _consumer_error(self, err: KafkaError) -> None:
-        if err.fatal():
-            raise KafkaException(err)
-        if err.code() != KafkaError._PARTITION_EOF:
-            log.warning("Kafka consumer: %s", err)
+        batch = by_partition(messages, self._assignment)
+        if batch:
+            self._fetched.put(batch)
 
     def _flow(self, consumer: Consumer) -> bool:
         """Whether to take records now; pauses or resumes the partitions (see Backpressure)."""
-        with self._lock:
-            buffered = self._buffered
-            if buffered >= self._max_buffered:
-                self._room.clear()
+        buffered = self._fetched.count()
         if buffered < self._max_buffered:
             self._full_since = None
             if self._paused and buffered <= self._max_buffered // 2:
                 consumer.resume([TopicPartition(t, p) for t, p in self._assignment])
                 self._paused = False
-                now = time.monotonic()
-                for watch in self._watch.values():  # paused is not stalled: the watchdog starts over
-                    watch.since = now
+                self._watchdog.resumed(time.monotonic())
             return True
         now = time.monotonic()
         if self._full_since is None:
@@ -367,62 +275,29 @@ class GroupConsumer:
     def _call(self, coro: Awaitable[Any], timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
 
-    def _drop_buffered(self, tps: set[TPKey]) -> None:
-        with self._lock:
-            kept: deque[tuple[Batch, dict[TPKey, int]]] = deque()
-            for batch, generation in self._buffer:
-                part = [(k, v) for k, v in batch if k not in tps]
-                if part:
-                    kept.append((part, generation))
-            self._buffer = kept
-            self._buffered = sum(len(v) for b, _ in kept for _, v in b)
-
     # -- rebalances (served inside poll/consume/close, on this thread) ------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._metadata = consumer.consumer_group_metadata()
         if not partitions:
             return
-        starts = self._starts(consumer, partitions)
+        starts = start_offsets(consumer, partitions, self._reset, self._closing)
         consumer.incremental_assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
         if self._paused:
             consumer.pause([TopicPartition(t, p) for t, p in starts])
         self._assignment = self._assignment | set(starts)
         self._lost_at = None
         for key, offset in starts.items():
-            self._watch[key] = _Watch(offset)
+            self._watchdog.start(key, offset)
         log.info("assigned %s", _describe(starts))
         self._call(self._listener.assigned(starts))
-
-    def _starts(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[TPKey, int]:
-        """The committed offset of each partition, asked until the coordinator answers for all."""
-        delay = 0.1
-        while True:
-            try:
-                answers = consumer.committed(partitions, timeout=10)
-                errors = [a for a in answers if a.error is not None]
-                if not errors:
-                    return {(a.topic, a.partition): self._start_of(consumer, a) for a in answers}
-                log.warning("committed offsets not known yet (%s); asking again", errors[0].error)
-            except KafkaException as err:  # request-level errors: NOT_COORDINATOR, timeouts
-                log.warning("committed offsets not known yet (%s); asking again", err.args[0])
-            if self._closing.is_set():
-                raise KafkaException(KafkaError(KafkaError._DESTROY, "closing while assigning"))
-            time.sleep(delay)
-            delay = next_delay(delay, 2.0, ASSIGN_RETRY_MAX_S)
-
-    def _start_of(self, consumer: Consumer, answer: TopicPartition) -> int:
-        if answer.offset >= 0:
-            return int(answer.offset)
-        low, high = consumer.get_watermark_offsets(TopicPartition(answer.topic, answer.partition), timeout=10)
-        return int(low if self._reset == OFFSET_BEGINNING else high)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._metadata = consumer.consumer_group_metadata()
         tps = [(tp.topic, tp.partition) for tp in partitions]
         if not tps:
             return
-        self._drop_buffered(set(tps))
+        self._fetched.drop(tps)
         try:
             offsets = self._call(self._listener.revoking(tps), self._revoke_timeout_s + 10)
         except TimeoutError:
@@ -438,7 +313,7 @@ class GroupConsumer:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
-        self._drop_buffered(set(tps))
+        self._fetched.drop(tps)
         self._release(tps)
         if not self._assignment:
             self._lost_at = time.monotonic()
@@ -447,9 +322,7 @@ class GroupConsumer:
 
     def _release(self, tps: list[TPKey]) -> None:
         self._assignment = self._assignment - set(tps)
-        self._high = {k: v for k, v in self._high.items() if k not in tps}
-        for key in tps:
-            self._watch.pop(key, None)
+        self._watchdog.forget(tps)
 
     def _commit_now(self, consumer: Consumer, offsets: Mapping[TPKey, int]) -> dict[TPKey, int]:
         parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -470,7 +343,7 @@ class GroupConsumer:
 
     # -- the stall watchdog ---------------------------------------------------------------
 
-    def _watchdog(self, consumer: Consumer, now: float) -> None:
+    def _watch(self, consumer: Consumer, now: float) -> None:
         if not self._assignment:
             if self._lost_at is not None and now - self._lost_at >= self._rejoin_after_s:
                 log.warning(
@@ -479,39 +352,11 @@ class GroupConsumer:
                 )
                 raise _Rejoin
             return
-        tps = [TopicPartition(t, p) for t, p in self._assignment]
-        for tp in consumer.position(tps):
-            key = (tp.topic, tp.partition)
-            watch = self._watch.setdefault(key, _Watch(tp.offset))
-            high = consumer.get_watermark_offsets(tp, cached=True)[1]
-            if high >= 0 and self._high.get(key) != high:
-                self._high = self._high | {key: high}  # replaced whole: the loop reads it
-            if tp.offset >= 0 and tp.offset != watch.position:
-                watch.position, watch.since = tp.offset, now
-            elif not self._paused and now - watch.since >= self._stall_after_s:
-                self._maybe_restart(consumer, key, watch, now)
+        restart = None if self._paused else lambda key, at: self._restart(consumer, key, at)
+        self._watchdog.check(consumer, self._assignment, now, restart)
 
-    def _maybe_restart(self, consumer: Consumer, key: TPKey, watch: _Watch, now: float) -> None:
-        tp = TopicPartition(*key)
-        try:
-            high = consumer.get_watermark_offsets(tp, timeout=2)[1]
-        except KafkaException:
-            return  # the broker is away: nothing can be fetched now anyway
-        self._high = self._high | {key: high}
-        if high <= watch.position:
-            watch.since = now  # nothing waits: an idle partition, not a stalled one
-            return
-        log.warning(
-            "partition %s[%d] has not moved from %d for %.0fs while records wait (end %d); "
-            "restarting its fetch",
-            key[0],
-            key[1],
-            watch.position,
-            now - watch.since,
-            high,
-        )
-        self._seek(consumer, key, watch.position)
-        watch.since = now
+    def _restart(self, consumer: Consumer, key: TPKey, offset: int) -> None:
+        self._seek(consumer, key, offset)
         if self._on_stall is not None:
             self._loop.call_soon_threadsafe(self._on_stall, key)
 
@@ -523,11 +368,6 @@ class GroupConsumer:
             consumer.incremental_assign([TopicPartition(key[0], key[1], offset)])
             if self._paused:
                 consumer.pause([TopicPartition(*key)])
-
-
-def _current_parts(batch: Batch, fetched: dict[TPKey, int], current: dict[TPKey, int]) -> Batch:
-    """The parts of ``batch`` (fetched at generations ``fetched``) not rewound since."""
-    return [(k, v) for k, v in batch if fetched.get(k, 0) == current.get(k, 0)]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -18,8 +18,8 @@ import streams.producer as producer_module
 from engine.positions import Positions
 from engine.records import OutRecord
 from engine.settings import KafkaSettings
+from streams.consumer_types import TPKey
 from streams.exactly_once import ExactlyOnce
-from streams.group_consumer import TPKey
 from streams.kafka_config import reader_config, transactional_id, transactional_producer_config
 from streams.sink import KafkaSink
 from streams.transactions import TransactionAborted, TransactionalProducer, TransactionFenced, classify

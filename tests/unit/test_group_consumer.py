@@ -16,7 +16,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams import group_consumer
-from streams.group_consumer import GroupConsumer, TPKey
+from streams.consumer_types import TPKey
+from streams.group_consumer import GroupConsumer
 from tests.unit.fake_kafka import FakeMessage
 
 
@@ -205,9 +206,9 @@ async def test_a_client_that_lost_its_partitions_and_is_not_assigned_again_joins
     await in_thread(group._on_assign, fake, [TopicPartition("events", 0)])
     await in_thread(group._on_lost, fake, [TopicPartition("events", 0)])
     assert group._lost_at is not None
-    group._watchdog(fake, group._lost_at + 29.0)  # within the limit: nothing happens
+    group._watch(fake, group._lost_at + 29.0)  # within the limit: nothing happens
     with pytest.raises(group_consumer._Rejoin):
-        group._watchdog(fake, group._lost_at + 30.0)
+        group._watch(fake, group._lost_at + 30.0)
     fake2 = ScriptedConsumer([{("events", 0): 9}])
     await in_thread(group._on_assign, fake2, [TopicPartition("events", 0)])
     assert group._lost_at is None  # assigned again: no rejoin
