@@ -13,7 +13,7 @@ WORKERS ?= 1
 PYTEST_ARGS ?=
 REPEAT ?= 1
 
-.PHONY: demo test lint unit integration chaos bench bench-quick models clean kafka otelcol otelcol-sources lock
+.PHONY: demo test lint unit integration chaos bench bench-quick bench-exactly-once models clean kafka otelcol otelcol-sources lock
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
@@ -88,6 +88,11 @@ bench: $(BENCH_STAMP) kafka
 
 bench-quick: $(BENCH_STAMP) kafka
 	$(BIN)/sie bench --quick
+
+# Exactly-once against at-least-once (alternating drains and 1,000 events/s latency runs, ~10 min):
+# a kept section of docs/benchmarks.md and reports/bench/exactly_once.json.
+bench-exactly-once: $(BENCH_STAMP) kafka
+	$(BIN)/python -m benchmarks.exactly_once
 
 models: $(STAMP)
 	$(BIN)/python model_repository/train.py

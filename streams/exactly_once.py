@@ -190,7 +190,12 @@ class ExactlyOnce:
         return True
 
     def _pending(self) -> bool:
-        return bool(self._outputs is not None and self._outputs.produced) or bool(self._positions.to_commit())
+        """Whether a cycle has work: outputs written, positions to commit, or records in flight
+        (a revoke must wait for those: their outputs would land in a later transaction without
+        their positions, and the partitions' next owner would answer them again)."""
+        if self._outputs is not None and self._outputs.produced:
+            return True
+        return self._positions.in_flight() > 0 or bool(self._positions.to_commit())
 
     async def _idle(self, timeout: float | None) -> bool:
         positions = self._positions

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from ops.eventgen import generate, load_profiles
 from tests.integration.conftest import MODEL_REPOSITORY
@@ -124,6 +124,10 @@ class Accounting:
     output_at: dict[str, float] = field(repr=False)  # id -> time of its first output
     per_partition_times: dict[int, list[float]] = field(repr=False)
     duplicate_ids: list[str] = field(default_factory=list, repr=False)  # ids answered more than once
+    # A few ids answered twice, each with where its copies are: "topic[partition]@offset (ms)".
+    duplicate_sample: dict[str, list[str]] = field(default_factory=dict)
+    # When ids are missing: each output partition's (last stable offset, high watermark) then.
+    watermarks: dict[str, list[int]] = field(default_factory=dict)
 
     def figures(self) -> dict[str, Any]:
         """The JSON-able summary."""
@@ -183,7 +187,15 @@ def account(
             if topic == dlq_topic:
                 reasons[msg.headers.get("error.reason", b"?").decode()] += 1
     dead_ids = {_output_id(m) for m in out[dlq_topic]}
+    twice = sorted(i for i, n in counts.items() if n > 1)
+    sample: dict[str, list[str]] = {i: [] for i in twice[:5]}
+    for topic in (predictions_topic, dlq_topic):
+        for msg in out[topic]:
+            event_id = _output_id(msg)
+            if event_id in sample:
+                sample[event_id].append(f"{msg.topic}[{msg.partition}]@{msg.offset} ({msg.timestamp_ms})")
     missing = sorted(wanted - counts.keys())
+    marks = _watermarks(bootstrap, [predictions_topic, dlq_topic]) if missing else {}
     return Accounting(
         events=len(wanted),
         predicted=len(counts.keys() - dead_ids),
@@ -194,8 +206,34 @@ def account(
         missing_sample=missing[:5],
         output_at=first,
         per_partition_times={p: sorted(ts) for p, ts in per_partition.items()},
-        duplicate_ids=sorted(i for i, n in counts.items() if n > 1),
+        duplicate_ids=twice,
+        duplicate_sample=sample,
+        watermarks=marks,
     )
+
+
+def _watermarks(bootstrap: str, topics: Sequence[str]) -> dict[str, list[int]]:
+    """``topic[partition]`` -> [last stable offset, high watermark] (what a read_committed and a
+    read_uncommitted consumer may read up to)."""
+    marks: dict[str, list[int]] = {}
+    readers = {
+        iso: Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-marks", "isolation.level": iso})
+        for iso in ("read_committed", "read_uncommitted")
+    }
+    try:
+        meta = readers["read_committed"].list_topics(timeout=10)
+        for topic in topics:
+            for p in sorted(meta.topics[topic].partitions):
+                tp = TopicPartition(topic, p)
+                marks[f"{topic}[{p}]"] = [
+                    readers[i].get_watermark_offsets(tp, timeout=10)[1] for i in readers
+                ]
+    except Exception as err:  # noqa: BLE001 - a diagnostic only
+        marks["error"] = [str(err)]  # type: ignore[list-item]
+    finally:
+        for reader in readers.values():
+            reader.close()
+    return marks
 
 
 _ASSIGNED = re.compile(r"^(\S+ \S+) INFO streams\.group_consumer: assigned (.*)$", re.M)

@@ -350,3 +350,16 @@ async def test_a_transactional_sink_never_produces_a_failed_output_again_it_asks
     discarded = await sink.send([OutRecord("out", b"k", b"v", ())])
     assert discarded.done() and failing[0].produced == 1, "outputs of an aborted transaction were produced"
     await sink.close(timeout=0.1)
+
+
+async def test_a_revoke_with_records_in_flight_and_nothing_written_yet_waits_and_commits_them() -> None:
+    s = Setup()
+    await s.start()
+    in_flight = s.hand_out(TP0, 100, 103)  # in the pipeline; no output written yet
+    revoke = asyncio.ensure_future(s.eos.revoking([TP0], timeout=5.0))
+    await asyncio.sleep(0.02)
+    assert not revoke.done(), "the partition was released with its records in flight"
+    s.outputs.produced = 4
+    in_flight()
+    await asyncio.wait_for(revoke, 1.0)
+    assert s.producer.offsets == [{TP0: 104}]
