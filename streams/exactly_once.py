@@ -64,6 +64,12 @@ class Outputs(Protocol):
     discarding: bool
     produced: int
 
+    def hold(self) -> None:
+        """Outputs wait before they are written (the transaction is being committed)."""
+
+    def release(self) -> None:
+        """Outputs are written again (into the next transaction)."""
+
 
 class TransactionMetrics(Protocol):
     """Told of each transaction's end."""
@@ -173,6 +179,13 @@ class ExactlyOnce:
         group = self._group()
         records = self._outputs.produced
         log.debug("cycle: committing %d outputs and positions %s", records, offsets)
+        # The cut is made: records handed out from now on are outside this transaction. A periodic
+        # cycle lets them into the pipeline while it commits (their outputs wait for the next
+        # transaction); a revoke does not (they would belong to partitions on their way out).
+        overlap = idle_timeout is None
+        if overlap:
+            self._outputs.hold()
+            self._open.set()
         try:
             await self._txn.commit(offsets, group.group_metadata() if group is not None and offsets else None)
         except TransactionAborted as err:
@@ -182,6 +195,9 @@ class ExactlyOnce:
         except TransactionFenced as err:
             self._fence(str(err))
             return False
+        finally:
+            if overlap:
+                self._outputs.release()
         self._positions.committed(dict(offsets))
         now = time.monotonic()
         self._metrics.committed(now - self._began, records)
@@ -212,6 +228,7 @@ class ExactlyOnce:
     async def _abort(self, reason: str) -> None:
         """Abort the open transaction now; the rewind follows once the pipeline is empty."""
         assert self._txn is not None and self._outputs is not None
+        self._open.clear()
         self._outputs.discarding = True
         self._must_abort = None
         try:

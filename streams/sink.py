@@ -150,6 +150,8 @@ class KafkaSink:
         self.transactional = transactional
         self._on_transaction_error = on_transaction_error
         self.discarding = False  # exactly-once, after a failure: outputs of the aborted transaction
+        self._released = asyncio.Event()  # exactly-once: cleared while a transaction commits
+        self._released.set()
         self.produced = 0  # records handed to the producer (exactly-once: counted per transaction)
         self._running = True
         self.last_error: str | None = None
@@ -165,6 +167,8 @@ class KafkaSink:
     async def send(self, records: Sequence[OutRecord]) -> asyncio.Future[None]:
         """Produce ``records`` in order; see the module docstring."""
         future: asyncio.Future[None] = self._loop.create_future()
+        if not self._released.is_set():
+            await self._released.wait()
         if not records or self.discarding:
             future.set_result(None)
             return future
@@ -245,6 +249,14 @@ class KafkaSink:
         """The confluent-kafka producer (exactly-once: its transactions are begun and committed by
         :mod:`streams.exactly_once`)."""
         return self._producer
+
+    def hold(self) -> None:
+        """Exactly-once: outputs wait before they are produced (a transaction is committing)."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """Exactly-once: outputs are produced again (into the transaction just begun)."""
+        self._released.set()
 
     def renew_producer(self) -> Any:
         """Exactly-once: a new producer on the same configuration in place of one stuck in a

@@ -91,6 +91,15 @@ class Group:
 class Outputs:
     discarding = False
     produced = 0
+    held = False
+    holds = 0
+
+    def hold(self) -> None:
+        self.held = True
+        self.holds += 1
+
+    def release(self) -> None:
+        self.held = False
 
 
 class Metrics:
@@ -363,3 +372,30 @@ async def test_a_revoke_with_records_in_flight_and_nothing_written_yet_waits_and
     in_flight()
     await asyncio.wait_for(revoke, 1.0)
     assert s.producer.offsets == [{TP0: 104}]
+
+
+async def test_hand_outs_go_on_while_a_periodic_transaction_commits_and_their_outputs_wait_for_the_next() -> (
+    None
+):
+    s = Setup()
+    await s.start()
+    s.hand_out(TP0, 100, 109)()
+    s.producer.failures["commit"] = [error(retriable=True)] * 3  # the commit takes four tries
+    cycle = asyncio.ensure_future(s.eos.commit())
+    await asyncio.sleep(0.01)
+    assert await admitted(s.eos), "hand-outs waited for the commit itself"
+    assert s.outputs.held, "an output could be written into the transaction being committed"
+    assert await asyncio.wait_for(cycle, 1.0)
+    assert not s.outputs.held and s.outputs.holds == 1
+
+
+async def test_a_revoke_keeps_hand_outs_stopped_until_its_transaction_is_committed() -> None:
+    s = Setup()
+    await s.start()
+    s.hand_out(TP0, 100, 109)()
+    s.producer.failures["commit"] = [error(retriable=True)] * 3  # asked again after 0.05, 0.1, 0.2 s
+    revoke = asyncio.ensure_future(s.eos.revoking([TP0], timeout=5.0))
+    await asyncio.sleep(0.01)
+    assert not await admitted(s.eos)
+    await asyncio.wait_for(revoke, 1.0)
+    assert s.outputs.holds == 0
