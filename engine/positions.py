@@ -124,6 +124,9 @@ class Positions:
     def __init__(self) -> None:
         self._parts: dict[TP, PartitionPositions] = {}
         self._waiters: list[tuple[Callable[[], bool], Callable[[], None]]] = []
+        # Offsets handed out and not yet done, of every chunk: those of partitions revoked, lost
+        # or assigned again since included (their records may still be in the pipeline).
+        self._outstanding = 0
 
     def assign(self, tp: TP, start: int) -> PartitionPositions:
         """``tp`` is ours from ``start`` on (its committed offset, or where reading was reset to)."""
@@ -148,8 +151,11 @@ class Positions:
     def finisher(self, tp: TP, chunk: Chunk) -> Callable[[], None]:
         """A callback that finishes ``chunk`` of ``tp``'s current record, then wakes waiters."""
         part = self._parts[tp]
+        self._outstanding += chunk.size
 
         def finished() -> None:
+            if not chunk.done:
+                self._outstanding -= chunk.size
             part.finish(chunk)
             if self._waiters:
                 self._wake()
@@ -170,10 +176,12 @@ class Positions:
                 part.committed_to(position)
 
     def in_flight(self, tps: Sequence[TP] | None = None) -> int:
-        """Records handed out and not yet done (of ``tps``, default all)."""
+        """Records handed out and not yet done: of the partitions ``tps`` own now, or, by default,
+        of every chunk handed out (records of partitions given up since included)."""
+        if tps is None:
+            return self._outstanding
         parts = self._parts
-        keys = parts if tps is None else [tp for tp in tps if tp in parts]
-        return sum(parts[tp].in_flight for tp in keys)
+        return sum(parts[tp].in_flight for tp in tps if tp in parts)
 
     def when(self, condition: Callable[[], bool], then: Callable[[], None]) -> None:
         """Call ``then`` once ``condition()`` holds (checked now and after each finished chunk)."""

@@ -74,6 +74,9 @@ def collect(
             "group.id": f"it-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 10,
+            # Should looking the start up fail (a broker just back from a freeze), librdkafka resets
+            # to this: with its default (latest) a reader once read nothing for 300 s.
+            "auto.offset.reset": "earliest",
         }
         | dict(client_config or {})
     )

@@ -108,3 +108,21 @@ def test_chunks_answered_in_any_order_commit_exactly_the_answered_prefix() -> No
             prefix += 1
         expected = chunks[prefix - 1].last + 1 if prefix else 0
         assert part.committable == expected
+
+
+def test_records_of_a_partition_given_up_count_as_in_flight_until_they_are_answered() -> None:
+    """Exactly-once waits for every record in the pipeline before it commits or rewinds: one of a
+    partition lost meanwhile would otherwise be written into a later transaction, unaccounted."""
+    positions = Positions()
+    tp = ("events", 0)
+    positions.assign(tp, 0)
+    part = positions.get(tp)
+    assert part is not None
+    old = positions.finisher(tp, part.hand_out(0, 9))
+    positions.revoke(tp)
+    positions.assign(tp, 0)
+    assert positions.in_flight([tp]) == 0  # the partition's new record owes nothing
+    assert positions.in_flight() == 10  # but ten records are still in the pipeline
+    old()
+    old()  # a second call changes nothing
+    assert positions.in_flight() == 0
