@@ -85,7 +85,7 @@ def latencies(
 
 def _median(rows: Sequence[dict[str, Any]], system: str, key: str) -> float:
     values = [r[key] for r in rows if r["system"] == system and r[key] is not None]
-    return float(statistics.median(values)) if values else float("nan")
+    return round(float(statistics.median(values)), 2) if values else float("nan")
 
 
 def markdown(drain_rows: Sequence[dict[str, Any]], latency_rows: Sequence[dict[str, Any]], note: str) -> str:
