@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine.settings import Settings
-from ops.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_triton
+from ops.embedded import KafkaBroker, TritonProcess, create_topics, free_port, start_broker, start_triton
 from ops.stack import copy_model_repository
 from tests.integration.conftest import MODEL_REPOSITORY, broker, work_dir, workers  # noqa: F401
 
@@ -31,6 +31,14 @@ def make_slow(model_dir: Path, sleep_ms: int) -> None:
     text = re.sub(r"\nparameters \{.*?\n\}\n", "\n", config.read_text(), flags=re.S)
     text += f'\nparameters {{\n  key: "sleep_ms_per_batch"\n  value: {{ string_value: "{sleep_ms}" }}\n}}\n'
     config.write_text(text)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
+    """A broker of the test's own (the tests that kill or freeze it)."""
+    own = start_broker(free_port(), tmp_path / "kafka")
+    yield own
+    own.stop()
 
 
 @pytest.fixture

@@ -14,13 +14,13 @@ before or after it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from engine.settings import Settings
-from ops.embedded import KafkaBroker, free_port, start_broker
+from ops.embedded import KafkaBroker
 from tests.chaos.conftest import StartTriton, chaos_settings, create_chaos_topics
 from tests.chaos.harness import (
     SteadyProducer,
@@ -43,13 +43,6 @@ KILLED_FOR_S = 5.0
 STOPPED_FOR_S = 20.0
 OUTAGE_LINE = "Kafka unreachable"
 BACK_LINE = "Kafka reachable again"
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    broker = start_broker(free_port(), tmp_path / "kafka")
-    yield broker
-    broker.stop()
 
 
 def in_flight_window(settings: Settings, down_at: float, caught_up_at: float) -> tuple[float, float]:
@@ -123,7 +116,8 @@ def _run(
     assert figures["workers_logging_recovery"] >= 1, logs[0][-3000:]
 
 
-def _kill_and_restart(broker: KafkaBroker) -> tuple[float, float]:
+def kill_and_restart(broker: KafkaBroker) -> tuple[float, float]:
+    """SIGKILL the broker, start it again on its data after KILLED_FOR_S; (down_at, back_at)."""
     down_at = time.time()
     broker.kill()
     time.sleep(KILLED_FOR_S)
@@ -131,7 +125,8 @@ def _kill_and_restart(broker: KafkaBroker) -> tuple[float, float]:
     return down_at, time.time()
 
 
-def _stop_and_continue(broker: KafkaBroker) -> tuple[float, float]:
+def stop_and_continue(broker: KafkaBroker) -> tuple[float, float]:
+    """SIGSTOP the broker for STOPPED_FOR_S, then SIGCONT; (down_at, back_at)."""
     down_at = time.time()
     broker.pause()
     time.sleep(STOPPED_FOR_S)
@@ -142,10 +137,10 @@ def _stop_and_continue(broker: KafkaBroker) -> tuple[float, float]:
 def test_broker_killed_and_restarted_on_its_data_loses_no_event(
     own_broker: KafkaBroker, own_triton: StartTriton, workers: StartWorker, tmp_path: Path
 ) -> None:
-    _run(own_broker, own_triton, workers, tmp_path, _kill_and_restart, "broker_kill")
+    _run(own_broker, own_triton, workers, tmp_path, kill_and_restart, "broker_kill")
 
 
 def test_broker_frozen_for_20_seconds_loses_no_event(
     own_broker: KafkaBroker, own_triton: StartTriton, workers: StartWorker, tmp_path: Path
 ) -> None:
-    _run(own_broker, own_triton, workers, tmp_path, _stop_and_continue, "broker_sigstop")
+    _run(own_broker, own_triton, workers, tmp_path, stop_and_continue, "broker_sigstop")

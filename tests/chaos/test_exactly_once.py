@@ -10,13 +10,13 @@ is in the topics, but a ``read_committed`` reader never sees it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from engine.settings import Settings
-from ops.embedded import KafkaBroker, TritonProcess, free_port, start_broker
+from ops.embedded import KafkaBroker, TritonProcess
 from tests.chaos.conftest import StartTriton, chaos_settings, create_chaos_topics
 from tests.chaos.harness import (
     Accounting,
@@ -27,6 +27,7 @@ from tests.chaos.harness import (
     scrape,
     write_report,
 )
+from tests.chaos.test_broker_outage import kill_and_restart, stop_and_continue
 from tests.integration.conftest import StartWorker, WorkerProcess
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -34,13 +35,6 @@ pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 EVENTS = 20_000
 RATE = 1_000  # events/s: the broker, Triton, two workers and this producer share two cores
 EXACTLY_ONCE = {"processing_guarantee": "exactly_once"}
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    broker = start_broker(free_port(), tmp_path / "kafka")
-    yield broker
-    broker.stop()
 
 
 def _settings(bootstrap: str, triton: TritonProcess, tmp_path: Path, **kafka: object) -> Settings:
@@ -116,7 +110,7 @@ def _broker_fault(
     own_triton: StartTriton,
     workers: StartWorker,
     tmp_path: Path,
-    fault: Callable[[KafkaBroker], None],
+    fault: Callable[[KafkaBroker], object],
     name: str,
 ) -> None:
     settings = _settings(broker.bootstrap, own_triton(), tmp_path)
@@ -138,28 +132,16 @@ def _broker_fault(
     _check(name, acc, group, down_at, extra)
 
 
-def _kill_and_restart(broker: KafkaBroker) -> None:
-    broker.kill()
-    time.sleep(5.0)
-    broker.start(timeout=120)  # same data directory: log recovery after the unclean stop
-
-
-def _stop_and_continue(broker: KafkaBroker) -> None:
-    broker.pause()
-    time.sleep(20.0)
-    broker.resume()
-
-
 def test_exactly_once_broker_killed_and_restarted_answers_every_event_once(
     own_broker: KafkaBroker, own_triton: StartTriton, workers: StartWorker, tmp_path: Path
 ) -> None:
-    _broker_fault(own_broker, own_triton, workers, tmp_path, _kill_and_restart, "broker_kill")
+    _broker_fault(own_broker, own_triton, workers, tmp_path, kill_and_restart, "broker_kill")
 
 
 def test_exactly_once_broker_frozen_for_20_seconds_answers_every_event_once(
     own_broker: KafkaBroker, own_triton: StartTriton, workers: StartWorker, tmp_path: Path
 ) -> None:
-    _broker_fault(own_broker, own_triton, workers, tmp_path, _stop_and_continue, "broker_sigstop")
+    _broker_fault(own_broker, own_triton, workers, tmp_path, stop_and_continue, "broker_sigstop")
 
 
 def test_exactly_once_triton_killed_past_the_transaction_timeout_answers_every_event_once(
