@@ -164,7 +164,8 @@ def create_metrics(registry: CollectorRegistry, namespace: str = "sie") -> Engin
         transaction_aborts=counter(
             "transaction_aborts",
             "Exactly-once transactions aborted, by reason (delivery_failed, partitions_lost, "
-            "commit_failed, commit_stuck, revoke_timeout, fenced); their records are processed again.",
+            "commit_failed, commit_stuck, producer_failed, revoke_timeout, fenced); their records are "
+            "processed again.",
             ("reason",),
         ),
         transaction_seconds=Histogram(

@@ -38,8 +38,10 @@ from streams.consumer_types import TPKey
 from streams.transactions import (
     TransactionAborted,
     TransactionalProducer,
+    TransactionBroken,
     TransactionFenced,
     TransactionStuck,
+    is_fenced,
 )
 
 log = logging.getLogger(__name__)
@@ -124,9 +126,14 @@ class ExactlyOnce:
             await self._open.wait()
 
     def output_failed(self, err: KafkaError) -> None:
-        """The sink's producer failed in the open transaction: fenced (fatal), or abort it."""
-        if err.fatal():
+        """The sink's producer failed in the open transaction: fenced, failed for good (it is
+        replaced at the abort), or the transaction must be aborted."""
+        if is_fenced(err):
             self._fence(err.str())
+        elif err.fatal():
+            if self._txn is not None:
+                self._txn.broken()
+            self.must_abort("producer_failed")
         else:
             self.must_abort("delivery_failed")
 
@@ -190,7 +197,7 @@ class ExactlyOnce:
             await self._txn.commit(offsets, group.group_metadata() if group is not None and offsets else None)
         except TransactionAborted as err:
             log.warning("exactly-once: %s", err)
-            await self._abort("commit_stuck" if isinstance(err, TransactionStuck) else "commit_failed")
+            await self._abort(_abort_reason(err))
             return False
         except TransactionFenced as err:
             self._fence(str(err))
@@ -298,3 +305,12 @@ NO_TRANSACTION_METRICS: TransactionMetrics = _NoMetrics()
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _abort_reason(err: TransactionAborted) -> str:
+    """The bounded label of a failed commit."""
+    if isinstance(err, TransactionStuck):
+        return "commit_stuck"
+    if isinstance(err, TransactionBroken):
+        return "producer_failed"
+    return "commit_failed"

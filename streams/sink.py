@@ -352,12 +352,14 @@ class KafkaSink:
                 continue
             try:
                 self._producer.poll(0)
-            except KafkaException as exc:  # a fatal producer error (exactly-once: fenced)
+            except KafkaException as exc:  # a fatal producer error
                 if not self.transactional or self._on_transaction_error is None:
                     raise
+                # Exactly-once: the producer is replaced (renew_producer) or the worker stops.
                 self.discarding = True
                 self._on_transaction_error(_kafka_error(exc))
-                return
+                await asyncio.sleep(POLL_INTERVAL_S)
+                continue
             waited = time.monotonic() - self._last_answer
             if waited > self._stall_s and self._down_since is None and self._outstanding > 0:
                 self._outage_started(self._last_answer, f"no delivery answer for {waited:.0f}s")

@@ -45,11 +45,30 @@ class TransactionFenced(FatalError):
     code = "transaction_fenced"
 
 
+# Error codes that mean another producer with this transactional.id took over.
+FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
+
+
+def is_fenced(err: KafkaError) -> bool:
+    """Whether ``err`` says a newer producer with the same ``transactional.id`` took over."""
+    return err.code() in FENCED_CODES
+
+
 def classify(err: KafkaError) -> Exception:
-    """The engine error for a transaction call's ``err`` (by librdkafka's flags)."""
-    if err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
-        return TransactionFenced(f"transactional producer fenced or failed for good: {err.str()}")
+    """The engine error for a transaction call's ``err`` (by librdkafka's code and flags)."""
+    if is_fenced(err):
+        return TransactionFenced(f"transactional producer fenced: {err.str()}")
+    if err.fatal():
+        return TransactionBroken(f"transactional producer failed for good: {err.str()}")
     return TransactionAborted(f"transaction must be aborted: {err.str()}")
+
+
+class TransactionBroken(TransactionAborted):
+    """The producer failed for good without being fenced (seen after a broker freeze: the
+    coordinator answered an abort with INVALID_TXN_STATE). It is replaced by a new one with the
+    same ``transactional.id``, which aborts whatever its transaction left open."""
+
+    code = "transaction_broken"
 
 
 class TransactionStuck(TransactionAborted):
@@ -77,7 +96,7 @@ class TransactionalProducer:
         self.producer = producer if producer is not None else new_producer()
         self._on_retry = on_retry
         self._stuck_after_s = stuck_after_s
-        self._stuck = False
+        self._stuck = False  # the producer must be replaced: a call is stuck, or it failed for good
         self._abandoned: list[Any] = []  # stuck producers: destroying one could block as well
 
     async def start(self) -> None:
@@ -105,7 +124,7 @@ class TransactionalProducer:
                 await self._call("abort_transaction", CALL_TIMEOUT_S)
                 self.producer.begin_transaction()
                 return
-            except TransactionStuck:
+            except (TransactionStuck, TransactionBroken):
                 pass
             except TransactionAborted as err:  # aborting cannot itself need an abort
                 raise TransactionFenced(str(err)) from err
@@ -122,6 +141,10 @@ class TransactionalProducer:
             raise TransactionFenced(f"the replacement producer could not start: {err}") from err
         self.producer.begin_transaction()
 
+    def broken(self) -> None:
+        """The producer failed for good (seen by its user): replace it at the next abort."""
+        self._stuck = True
+
     async def _call(self, what: str, *args: Any) -> Any:
         delay = 0.05
         while True:
@@ -132,7 +155,10 @@ class TransactionalProducer:
                 if not isinstance(err, KafkaError):
                     raise TransactionFenced(f"{what}: {exc}") from exc
                 if not err.retriable() or err.txn_requires_abort() or err.fatal():
-                    raise classify(err) from exc
+                    failure = classify(err)
+                    if isinstance(failure, TransactionBroken):
+                        self._stuck = True
+                    raise failure from exc
                 log.warning("%s: %s; trying again", what, err.str())
                 if self._on_retry is not None:
                     self._on_retry(what)

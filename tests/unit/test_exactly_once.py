@@ -22,7 +22,13 @@ from streams.consumer_types import TPKey
 from streams.exactly_once import ExactlyOnce
 from streams.kafka_config import reader_config, transactional_id, transactional_producer_config
 from streams.sink import KafkaSink
-from streams.transactions import TransactionAborted, TransactionalProducer, TransactionFenced, classify
+from streams.transactions import (
+    TransactionAborted,
+    TransactionalProducer,
+    TransactionBroken,
+    TransactionFenced,
+    classify,
+)
 
 TP0, TP1 = ("events", 0), ("events", 1)
 
@@ -276,7 +282,8 @@ def test_errors_are_classified_by_librdkafka_flags_never_by_text() -> None:
     assert isinstance(
         classify(KafkaError(KafkaError._TIMED_OUT, "fenced", txn_requires_abort=True)), TransactionAborted
     )
-    assert isinstance(classify(KafkaError(KafkaError._FATAL, "whatever", fatal=True)), TransactionFenced)
+    broken = classify(KafkaError(KafkaError.INVALID_TXN_STATE, "fenced by a newer instance", fatal=True))
+    assert isinstance(broken, TransactionBroken), "fatal but not fenced: the producer is replaced"
     assert isinstance(classify(KafkaError(KafkaError.PRODUCER_FENCED, "x")), TransactionFenced)
 
 
@@ -399,3 +406,20 @@ async def test_a_revoke_keeps_hand_outs_stopped_until_its_transaction_is_committ
     assert not await admitted(s.eos)
     await asyncio.wait_for(revoke, 1.0)
     assert s.outputs.holds == 0
+
+
+async def test_a_producer_failed_for_good_without_being_fenced_is_replaced_and_its_records_go_again() -> None:
+    """After a broker freeze the coordinator answered an abort with INVALID_TXN_STATE, which
+    librdkafka makes fatal: the worker must not stop for it (nobody else has its id)."""
+    s = Setup()
+    await s.start()
+    broken = s.producer
+    s.hand_out(TP0, 100, 109)()
+    invalid = KafkaError(KafkaError.INVALID_TXN_STATE, "invalid state", fatal=True)
+    broken.failures["commit"] = [KafkaException(invalid)]
+    assert not await s.eos.commit()
+    await asyncio.sleep(0.02)
+    assert s.producer is not broken and s.producer.calls == ["init", "begin"]
+    assert s.metrics.aborts == ["producer_failed"] and s.fenced == []
+    assert s.group.rewinds == [{TP0: 100, TP1: 200}]
+    assert await admitted(s.eos)
