@@ -1,36 +1,23 @@
 """Producing output records, with delivery acknowledged by the broker.
 
-``send`` returns a future that resolves only when every record of the call has
-been acknowledged. A record whose delivery fails with a transient error
-(broker down past the producer's message timeout, a leader moving) is
-produced again after a pause, without limit: the caller never sees a lost
-record, only a late one, and does not commit offsets past it meanwhile.
+``send`` returns a future that resolves once every record of the call is acknowledged. A record
+whose delivery fails with a transient error (broker down past the message timeout, a leader
+moving) is produced again after a pause, without limit: the caller sees a late record, never a
+lost one, and commits no offset past it meanwhile. A record Kafka refuses for good - decided by
+librdkafka's error code, never its text (:func:`is_permanent`) - is counted (``on_rejected``) and
+produced again at most ``permanent_retries`` times; then the call's future fails with
+:class:`~engine.errors.OutputRejected` and ``on_fatal`` is told, so the worker stops loudly. A
+record ``produce`` refuses synchronously is a failed delivery like any other.
 
-A record Kafka refuses for good - decided by librdkafka's error code, never
-its text (:func:`is_permanent`: too large, not authorised, unknown topic, a
-fatal producer error) - is counted (``on_rejected(topic, code)``) and
-produced again at most ``permanent_retries`` times; then the sink gives up:
-the call's future fails with :class:`~engine.errors.OutputRejected` and
-``on_fatal`` is told, so the worker stops loudly instead of stalling its
-partitions forever. A record the producer refuses synchronously (``produce``
-raising) is a failed delivery like any other: ``send`` never raises for one.
+Exactly-once (``transactional=True``, :mod:`streams.exactly_once` runs the transactions): a
+failed delivery is never produced again; ``on_transaction_error`` is told (the transaction is
+aborted, its records processed again) and the call's future resolves. While ``discarding``,
+``send`` produces nothing; while held (a transaction commits), it waits.
 
-Under exactly-once (``transactional=True``) the producer is a transactional one whose
-transactions :mod:`streams.exactly_once` begins and commits. A failed delivery is never produced
-again there: the transaction must be aborted (``on_transaction_error`` is told) and its records
-are processed again from the last committed positions; the call's future resolves, so the
-pipeline is not held by records whose outputs the abort discards anyway. While ``discarding``
-(between such a failure and the abort), ``send`` produces nothing and resolves at once.
-
-A broker outage is logged once when it starts - librdkafka reports every
-broker down (a dead broker), or outputs have waited ``stall_s`` for any answer
-(a frozen one keeps its connections open) - and once when deliveries succeed
-again, with how long it lasted.
-
-The producer is polled from the event loop (a task that runs only while
-deliveries are outstanding), not from a thread of its own: every extra Python
-thread competes for the GIL with the loop, and a poll thread measurably
-slowed the whole worker (see docs/benchmarks.md).
+A broker outage is logged once when it starts (every broker down, or no answer for ``stall_s``:
+a frozen broker keeps its connections open) and once when deliveries succeed again. The producer
+is polled from the event loop while deliveries are outstanding, not from a thread of its own: a
+poll thread competing for the GIL measurably slowed the worker (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
