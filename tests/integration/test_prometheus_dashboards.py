@@ -71,13 +71,16 @@ class Prometheus:
         return {t["labels"]["job"]: t["health"] for t in active}
 
 
-def scrape_config(worker_port: int, triton: TritonProcess) -> dict[str, Any]:
-    """The compose scrape jobs' names, pointed at the local worker and Triton, every second."""
+def scrape_config(worker_ports: list[int], triton: TritonProcess) -> dict[str, Any]:
+    """The compose scrape jobs' names, pointed at the local workers and Triton, every second."""
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
         "scrape_configs": [
-            {"job_name": "sie-workers", "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]},
+            {
+                "job_name": "sie-workers",
+                "static_configs": [{"targets": [f"127.0.0.1:{port}" for port in worker_ports]}],
+            },
             {"job_name": "triton", "static_configs": [{"targets": [f"127.0.0.1:{triton.metrics_port}"]}]},
         ],
     }
@@ -135,6 +138,19 @@ def substitute(expr: str) -> str:
     return expr
 
 
+def _exactly_once(settings: Settings) -> Settings:
+    """``settings`` under exactly-once, on topics and a group of its own (created)."""
+    t = settings.topics
+    topics = t.model_copy(update={n: f"{getattr(t, n)}-eos" for n in ("events", "predictions", "dlq")})
+    kafka = settings.kafka.model_copy(
+        update={"processing_guarantee": "exactly_once", "group_id": f"{settings.kafka.group_id}-eos"}
+    )
+    create_topics(kafka.bootstrap_servers, {topics.events: 4, topics.predictions: 4, topics.dlq: 4})
+    return settings.model_copy(
+        update={"topics": topics, "kafka": kafka, "worker_name": f"{settings.worker_name}-eos"}
+    )
+
+
 def _records() -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
     events = generate(load_profiles(MODEL_REPOSITORY), VALID, seed=5, keys=40)
     records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = [
@@ -173,14 +189,17 @@ def test_every_dashboard_panel_returns_data_from_a_live_worker_and_triton(
     shadows = {"breast_cancer": [{"model": "breast_cancer_onnx"}]}
     routing = RoutingSettings.model_validate({"shadows": shadows, "shadow_topic": shadow_topic})
     worker = workers(stack_settings.model_copy(update={"routing": routing}))
-    api = start_prometheus(scrape_config(worker.settings.metrics_port, triton))
+    # The exactly-once panels need a worker under that guarantee: one of its own, on its own topics.
+    eos = workers(_exactly_once(stack_settings))
+    api = start_prometheus(scrape_config([worker.settings.metrics_port, eos.settings.metrics_port], triton))
     deadline = time.monotonic() + 60
     while api.targets_up() != {"sie-workers": "up", "triton": "up"} and time.monotonic() < deadline:
         time.sleep(1)
     assert api.targets_up() == {"sie-workers": "up", "triton": "up"}
 
     started = time.time()
-    t = stack_settings.topics
+    t, e = stack_settings.topics, eos.settings.topics
+    produce(stack_settings.kafka.bootstrap_servers, e.events, _records()[:200])
     produce(stack_settings.kafka.bootstrap_servers, t.events, _records())
     out = collect(
         stack_settings.kafka.bootstrap_servers,
@@ -190,9 +209,10 @@ def test_every_dashboard_panel_returns_data_from_a_live_worker_and_triton(
     )
     assert (len(out[t.predictions]), len(out[t.dlq])) == (VALID, MALFORMED)
     # The counters as Prometheus scraped them agree with what reached the topics.
-    assert _wait_for(api, "sum(sie_predictions_total)", VALID, timeout=30) == VALID
-    assert _wait_for(api, "sum(sie_dead_letters_total)", MALFORMED, timeout=30) == MALFORMED
-    assert _scalar(api, "sum(sie_events_consumed_total)") == VALID + MALFORMED
+    mine = f'instance="127.0.0.1:{worker.settings.metrics_port}"'
+    assert _wait_for(api, f"sum(sie_predictions_total{{{mine}}})", VALID, timeout=30) == VALID
+    assert _wait_for(api, f"sum(sie_dead_letters_total{{{mine}}})", MALFORMED, timeout=30) == MALFORMED
+    assert _scalar(api, f"sum(sie_events_consumed_total{{{mine}}})") == VALID + MALFORMED
     time.sleep(3)  # a few more scrapes: gauges (lag, in flight) settle
 
     empty = []
