@@ -19,6 +19,7 @@ Pure logic, no Kafka: ``streams/`` feeds it from the consumer, the unit tests fr
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -189,6 +190,22 @@ class Positions:
             then()
         else:
             self._waiters.append((condition, then))
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until ``condition()`` holds (checked now and after each finished chunk); False if
+        ``timeout`` seconds passed first (None: no limit)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.when(condition, wake)
+        try:
+            await asyncio.wait_for(done, timeout)
+            return True
+        except TimeoutError:
+            return False
 
     def _wake(self) -> None:
         waiting, self._waiters = self._waiters, []

@@ -197,26 +197,12 @@ class EngineConsumer(faust_consumer.Consumer):
 
     async def wait_empty(self) -> None:
         """Wait (at most 30 s) until every record handed out is answered, then commit."""
-        await self._wait_until(lambda: self.positions.in_flight() == 0, WAIT_EMPTY_S)
+        await self.positions.wait_until(lambda: self.positions.in_flight() == 0, WAIT_EMPTY_S)
         self._commit_sent = None
         if self.exactly_once is not None:
             await self.exactly_once.commit()
         else:
             await self.commit()
-
-    async def _wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def wake() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        self.positions.when(condition, wake)
-        try:
-            await asyncio.wait_for(done, timeout)
-            return True
-        except TimeoutError:
-            return False
 
     async def on_stop(self) -> None:
         """Leave the group: the last revoke commits what was answered."""
@@ -332,7 +318,9 @@ class _Listener:
             return {}
         c._revoking.update(tps)
         keys = [TP(*tp) for tp in tps]
-        if not await c._wait_until(lambda: c.positions.in_flight(keys) == 0, c._app.kafka.revoke_timeout_s):
+        if not await c.positions.wait_until(
+            lambda: c.positions.in_flight(keys) == 0, c._app.kafka.revoke_timeout_s
+        ):
             state = {
                 tp: (p.in_flight, p.handed, p.committable) for tp, p in c.positions.items() if tp in keys
             }

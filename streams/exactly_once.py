@@ -222,15 +222,7 @@ class ExactlyOnce:
 
     async def _idle(self, timeout: float | None) -> bool:
         positions = self._positions
-        if positions.in_flight() == 0:
-            return True
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        positions.when(lambda: positions.in_flight() == 0, lambda: _resolve(done))
-        try:
-            await asyncio.wait_for(done, timeout)
-            return True
-        except TimeoutError:
-            return False
+        return await positions.wait_until(lambda: positions.in_flight() == 0, timeout)
 
     async def _abort(self, reason: str) -> None:
         """Abort the open transaction now; the rewind follows once the pipeline is empty."""
@@ -300,11 +292,6 @@ class _NoMetrics:
 
 
 NO_TRANSACTION_METRICS: TransactionMetrics = _NoMetrics()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _abort_reason(err: TransactionAborted) -> str:
